@@ -1,0 +1,57 @@
+"""All settings in one place: flags override `LEDGER_*` environment variables override defaults."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DB = "ledger.duckdb"
+DEFAULT_TOPIC = "agent-audit-events"
+DEFAULT_GROUP = "agent-ledger"
+DEFAULT_BOOTSTRAP = "localhost:9092"
+
+
+class Settings(BaseSettings):
+    """Environment-backed settings (prefix `LEDGER_`); secrets never appear in reprs or logs."""
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", frozen=True)
+
+    db: str = DEFAULT_DB
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    topic: str = DEFAULT_TOPIC
+    group: str = DEFAULT_GROUP
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    key: str | None = None
+    origin: str | None = None
+
+    def kafka_security(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for talking to a secured cluster."""
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = (
+                create_ssl_context(cafile=self.ssl_cafile)
+                if self.ssl_cafile
+                else ssl.create_default_context()
+            )
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs
+
+
+def load(**overrides: Any) -> Settings:
+    """Settings from the environment, with explicit (non-None) overrides from flags on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,344 @@
+"""The event contract: frozen pydantic models of the JSON form, and the same checks on Avro.
+
+Only malformed events are rejected here. An event that reveals misconduct (an unowned agent, an
+out-of-scope action) is well-formed: the ledger records what happened, the query layer flags it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
+
+from ledger.errors import ValidationError
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+
+
+def _only_text_or_datetime(value: object) -> object:
+    if isinstance(value, str | datetime):
+        return value
+    raise ValueError("timestamp must be an ISO 8601 string such as 2026-03-23T10:00:00Z")
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Naive timestamps are taken as UTC (the contract says every timestamp is UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+Id = Annotated[str, StringConstraints(min_length=1)]
+Text = Annotated[str, StringConstraints(min_length=1)]
+Timestamp = Annotated[datetime, BeforeValidator(_only_text_or_datetime), AfterValidator(_as_utc)]
+PrincipalKind = Literal["human", "agent", "service", "tool"]
+CredentialKind = Literal["token", "api_key", "certificate", "password", "other"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PrincipalRegistered(_Model):
+    principal_id: Id
+    kind: PrincipalKind
+    display_name: str | None = None
+    owner_id: Id | None = None
+    model: str | None = None
+
+
+class PrincipalRetired(_Model):
+    principal_id: Id
+    retired_by: Id
+    reason: str | None = None
+
+
+class DelegationGranted(_Model):
+    delegation_id: Id
+    parent_delegation_id: Id | None = None
+    delegator_id: Id
+    delegate_id: Id
+    scopes: list[str]
+    resources: list[str]
+    purpose: str | None = None
+    not_before: Timestamp
+    expires_at: Timestamp
+    may_redelegate: StrictBool
+
+    @model_validator(mode="after")
+    def _window(self) -> DelegationGranted:
+        if self.expires_at <= self.not_before:
+            raise ValueError("expires_at must be after not_before")
+        return self
+
+
+class DelegationRevoked(_Model):
+    delegation_id: Id
+    revoked_by: Id
+    reason: str | None = None
+    cascade: StrictBool = True
+
+
+class CredentialIssued(_Model):
+    credential_id: Id
+    principal_id: Id
+    delegation_id: Id | None = None
+    kind: CredentialKind
+    scopes: list[str]
+    expires_at: Timestamp | None = None
+    fingerprint: Text
+
+
+class CredentialRevoked(_Model):
+    credential_id: Id
+    revoked_by: Id
+    reason: str | None = None
+
+
+class PolicyDecided(_Model):
+    decision_id: Id
+    principal_id: Id
+    delegation_id: Id | None = None
+    action_id: Id | None = None
+    operation: Text
+    resource: Text
+    decision: Literal["allow", "deny"]
+    policy_id: Id
+    reasons: list[str]
+
+
+class ActionPerformed(_Model):
+    action_id: Id
+    principal_id: Id
+    delegation_id: Id | None = None
+    credential_id: Id | None = None
+    tool: str | None = None
+    operation: Text
+    resource: Text
+    outcome: Literal["succeeded", "failed", "denied"]
+    parent_action_id: Id | None = None
+    decision_id: Id | None = None
+
+
+class _Envelope(_Model):
+    event_id: Id
+    occurred_at: Timestamp
+    producer: Id
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+class PrincipalRegisteredEvent(_Envelope):
+    type: Literal["principal.registered"]
+    data: PrincipalRegistered
+
+
+class PrincipalRetiredEvent(_Envelope):
+    type: Literal["principal.retired"]
+    data: PrincipalRetired
+
+
+class DelegationGrantedEvent(_Envelope):
+    type: Literal["delegation.granted"]
+    data: DelegationGranted
+
+
+class DelegationRevokedEvent(_Envelope):
+    type: Literal["delegation.revoked"]
+    data: DelegationRevoked
+
+
+class CredentialIssuedEvent(_Envelope):
+    type: Literal["credential.issued"]
+    data: CredentialIssued
+
+
+class CredentialRevokedEvent(_Envelope):
+    type: Literal["credential.revoked"]
+    data: CredentialRevoked
+
+
+class PolicyDecidedEvent(_Envelope):
+    type: Literal["policy.decided"]
+    data: PolicyDecided
+
+
+class ActionPerformedEvent(_Envelope):
+    type: Literal["action.performed"]
+    data: ActionPerformed
+
+
+Event = Annotated[
+    PrincipalRegisteredEvent
+    | PrincipalRetiredEvent
+    | DelegationGrantedEvent
+    | DelegationRevokedEvent
+    | CredentialIssuedEvent
+    | CredentialRevokedEvent
+    | PolicyDecidedEvent
+    | ActionPerformedEvent,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+#: event type -> (envelope model, data model, Avro record full name)
+EVENT_TYPES: dict[str, tuple[type[_Envelope], type[_Model], str]] = {
+    "principal.registered": (
+        PrincipalRegisteredEvent,
+        PrincipalRegistered,
+        "ledger.v1.PrincipalRegistered",
+    ),
+    "principal.retired": (PrincipalRetiredEvent, PrincipalRetired, "ledger.v1.PrincipalRetired"),
+    "delegation.granted": (
+        DelegationGrantedEvent,
+        DelegationGranted,
+        "ledger.v1.DelegationGranted",
+    ),
+    "delegation.revoked": (
+        DelegationRevokedEvent,
+        DelegationRevoked,
+        "ledger.v1.DelegationRevoked",
+    ),
+    "credential.issued": (CredentialIssuedEvent, CredentialIssued, "ledger.v1.CredentialIssued"),
+    "credential.revoked": (
+        CredentialRevokedEvent,
+        CredentialRevoked,
+        "ledger.v1.CredentialRevoked",
+    ),
+    "policy.decided": (PolicyDecidedEvent, PolicyDecided, "ledger.v1.PolicyDecided"),
+    "action.performed": (ActionPerformedEvent, ActionPerformed, "ledger.v1.ActionPerformed"),
+}
+RECORD_TO_TYPE = {record: etype for etype, (_, _, record) in EVENT_TYPES.items()}
+
+
+def _non_empty_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, info in model.model_fields.items()
+        if any(getattr(m, "min_length", None) == 1 for m in info.metadata)
+    )
+
+
+_ENVELOPE_NON_EMPTY = _non_empty_fields(_Envelope)
+_DATA_NON_EMPTY = {etype: _non_empty_fields(data) for etype, (_, data, _) in EVENT_TYPES.items()}
+_TIMESTAMP_FIELDS = {
+    etype: tuple(n for n, i in data.model_fields.items() if "datetime" in repr(i.annotation))
+    for etype, (_, data, _) in EVENT_TYPES.items()
+}
+
+
+def _reason(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).endswith("Event"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown event type {err['input'].get('type')!r}; expected one of " + ", ".join(
+                EVENT_TYPES
+            )
+        elif err["type"] == "union_tag_not_found":
+            msg = "missing field 'type'"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def parse_event(obj: Any) -> Event:
+    """Validate one event given as a dict; raise `ValidationError` with a one-line reason."""
+    if not isinstance(obj, dict):
+        raise ValidationError(f"an event must be a JSON object, got {type(obj).__name__}")
+    try:
+        return EVENT_ADAPTER.validate_python(obj)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(_reason(exc)) from exc
+
+
+def parse_event_json(text: str | bytes) -> Event:
+    """Validate one event given as JSON text."""
+    try:
+        return EVENT_ADAPTER.validate_json(text)
+    except pydantic.ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise ValidationError(f"not valid JSON: {exc.errors()[0]['msg']}") from exc
+        if any(e["type"] == "model_attributes_type" and not e["loc"] for e in exc.errors()):
+            raise ValidationError("an event must be a JSON object") from exc
+        raise ValidationError(_reason(exc)) from exc
+
+
+def to_micros(value: datetime) -> int:
+    return (value - EPOCH) // _MICRO
+
+
+def from_micros(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
+
+
+def to_record(event: Event) -> dict[str, Any]:
+    """The Avro form of an event: timestamps as UTC microseconds, `data` a plain dict."""
+    data = dict(event.data.__dict__)
+    for name in _TIMESTAMP_FIELDS[event.type]:
+        if data[name] is not None:
+            data[name] = to_micros(data[name])
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "occurred_at": to_micros(event.occurred_at),
+        "producer": event.producer,
+        "trace_id": event.trace_id,
+        "span_id": event.span_id,
+        "data": data,
+    }
+
+
+def to_json_dict(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form of an Avro-shaped record (what `ledger export` writes)."""
+    etype = record["type"]
+    data = dict(record["data"])
+    for name in _TIMESTAMP_FIELDS.get(etype, ()):
+        if data.get(name) is not None:
+            data[name] = _iso(data[name])
+    out = {k: v for k, v in record.items() if k != "data"}
+    out["occurred_at"] = _iso(record["occurred_at"])
+    out["data"] = data
+    return out
+
+
+def _iso(micros: int) -> str:
+    return from_micros(micros).isoformat().replace("+00:00", "Z")
+
+
+def check_record(record: dict[str, Any], record_name: str) -> str | None:
+    """Checks Avro cannot express, on a decoded record; returns the reason it is malformed or None.
+
+    Runs on the consumer's hot path instead of a pydantic round trip; it applies the same
+    rules as the models (non-empty ids, type matches data, delegation window).
+    """
+    etype = record["type"]
+    spec = EVENT_TYPES.get(etype)
+    if spec is None:
+        return f"unknown event type {etype!r}; expected one of " + ", ".join(EVENT_TYPES)
+    if spec[2] != record_name:
+        return f"type {etype!r} does not match data record {record_name.rsplit('.', 1)[-1]}"
+    for name in _ENVELOPE_NON_EMPTY:
+        if not record[name]:
+            return f"{name}: String should have at least 1 character"
+    data = record["data"]
+    for name in _DATA_NON_EMPTY[etype]:
+        if data[name] == "":
+            return f"data.{name}: String should have at least 1 character"
+    if etype == "delegation.granted" and data["expires_at"] <= data["not_before"]:
+        return "data: expires_at must be after not_before"
+    return None

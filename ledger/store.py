@@ -1,0 +1,406 @@
+"""The ledger file: an append-only, hash-chained `entries` table in DuckDB.
+
+Every append is one transaction holding the new entries, the quarantined input, the consumer
+offsets and every derived structure (projections, Merkle state), so a crash at any point leaves
+either all of a batch or none of it. One process writes a ledger at a time (DuckDB's file lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import duckdb
+import pyarrow as pa
+
+from ledger import chain
+from ledger.errors import StoreError
+
+FORMAT_VERSION = "1"
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS ledger_meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq         BIGINT NOT NULL,
+    event_id    VARCHAR NOT NULL,
+    type        VARCHAR NOT NULL,
+    occurred_at TIMESTAMPTZ NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL,
+    payload     BLOB NOT NULL USING COMPRESSION uncompressed,
+    prev_hash   BLOB NOT NULL USING COMPRESSION uncompressed,
+    entry_hash  BLOB NOT NULL USING COMPRESSION uncompressed,
+    source      VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    received_at TIMESTAMPTZ NOT NULL,
+    source      VARCHAR NOT NULL,
+    raw         BLOB,
+    reason      VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consumer_offsets (
+    topic       VARCHAR NOT NULL,
+    partition   INTEGER NOT NULL,
+    next_offset BIGINT NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+ENTRY_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("event_id", pa.string()),
+        ("type", pa.string()),
+        ("occurred_at", pa.timestamp("us", tz="UTC")),
+        ("recorded_at", pa.timestamp("us", tz="UTC")),
+        ("payload", pa.binary()),
+        ("prev_hash", pa.binary()),
+        ("entry_hash", pa.binary()),
+        ("source", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """An accepted event on its way into the chain. `record` is its decoded Avro form."""
+
+    event_id: str
+    type: str
+    occurred_at: int
+    payload: bytes
+    source: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Input that could not be accepted; kept with its reason and where it came from."""
+
+    source: str
+    raw: bytes | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An entry as appended: its chain position and hashes, plus the decoded record."""
+
+    seq: int
+    event_id: str
+    type: str
+    occurred_at: int
+    payload: bytes
+    prev_hash: bytes
+    entry_hash: bytes
+    source: str
+    record: dict[str, Any]
+
+
+@dataclass(slots=True)
+class AppendResult:
+    appended: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    size: int = 0
+    head_hash: bytes = chain.GENESIS
+
+    def add(self, other: AppendResult) -> None:
+        self.appended += other.appended
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.size = other.size
+        self.head_hash = other.head_hash
+
+
+@dataclass(slots=True)
+class _Head:
+    size: int = 0
+    hash: bytes = chain.GENESIS
+    event_ids: set[str] | None = field(default=None)
+
+
+class StoreExtension(Protocol):
+    """Derived state kept in the ledger file and updated inside each append transaction."""
+
+    name: str
+
+    def create_schema(self, con: duckdb.DuckDBPyConnection) -> None: ...
+
+    def on_append(self, con: duckdb.DuckDBPyConnection, entries: Sequence[Entry]) -> None: ...
+
+
+def extensions() -> tuple[StoreExtension, ...]:
+    """The structures derived from `entries`, in the order they are updated."""
+    return ()
+
+
+def default_db_path() -> str:
+    return os.environ.get("LEDGER_DB") or "ledger.duckdb"
+
+
+class Store:
+    """A ledger file. Use `Store.open(path)`; `read_only=True` for investigators and auditors."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
+        self.con = con
+        self.path = path
+        self.read_only = read_only
+        self._head: _Head | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], read_only: bool = False) -> Store:
+        path = str(path)
+        if read_only and path != ":memory:" and not Path(path).exists():
+            raise StoreError(f"no ledger at {path} (run `ledger ingest` or `ledger consume` first)")
+        try:
+            con = duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"cannot open ledger {path}: {_first_line(exc)}") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open ledger {path}: {_first_line(exc)}") from exc
+        con.execute("SET TimeZone = 'UTC'")
+        store = cls(con, path, read_only)
+        if read_only:
+            store._check_format()
+        else:
+            con.execute("SET checkpoint_threshold = '256MB'")
+            store._create()
+        return store
+
+    def _create(self) -> None:
+        try:
+            self.con.execute("BEGIN TRANSACTION")
+            self.con.execute(SCHEMA_SQL)
+            self.con.execute(
+                "INSERT INTO ledger_meta VALUES ('format_version', ?), ('created_at', ?) "
+                "ON CONFLICT DO NOTHING",
+                [FORMAT_VERSION, datetime.now(UTC).isoformat()],
+            )
+            for ext in extensions():
+                ext.create_schema(self.con)
+            self.con.execute("COMMIT")
+        except duckdb.Error as exc:
+            self.con.execute("ROLLBACK")
+            raise StoreError(f"cannot initialise ledger {self.path}: {_first_line(exc)}") from exc
+        self._check_format()
+
+    def _check_format(self) -> None:
+        try:
+            row = self.con.execute(
+                "SELECT value FROM ledger_meta WHERE key = 'format_version'"
+            ).fetchone()
+        except duckdb.CatalogException as exc:
+            raise StoreError(f"{self.path} is a DuckDB file but not an agent-ledger") from exc
+        if row is None or row[0] != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: unsupported ledger format {row and row[0]!r}")
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def size(self) -> int:
+        row = self.con.execute("SELECT count(*) FROM entries").fetchone()
+        return int(row[0]) if row else 0
+
+    def head(self) -> tuple[int, bytes]:
+        """(number of entries, hash of the last entry) as stored."""
+        row = self.con.execute(
+            "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return 0, chain.GENESIS
+        return int(row[0]) + 1, bytes(row[1])
+
+    def recorded_head(self) -> tuple[int, bytes] | None:
+        """The head the writer recorded in `ledger_meta` with its last append (None if never)."""
+        rows = dict(
+            self.con.execute(
+                "SELECT key, value FROM ledger_meta WHERE key IN ('head_size', 'head_hash')"
+            ).fetchall()
+        )
+        if "head_size" not in rows:
+            return None
+        return int(rows["head_size"]), bytes.fromhex(rows["head_hash"])
+
+    def offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to read per partition of `topic`, as committed with the entries."""
+        rows = self.con.execute(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE topic = ?", [topic]
+        ).fetchall()
+        return {int(p): int(o) for p, o in rows}
+
+    def counts(self) -> dict[str, int]:
+        rows = self.con.execute(
+            "SELECT 'entries', count(*) FROM entries UNION ALL "
+            "SELECT 'quarantined', count(*) FROM quarantine"
+        ).fetchall()
+        return {k: int(v) for k, v in rows}
+
+    # -- appending -------------------------------------------------------------------------
+
+    def _load_head(self) -> _Head:
+        if self._head is None:
+            size, head_hash = self.head()
+            ids = self.con.sql("SELECT event_id FROM entries").to_arrow_table()
+            event_ids = set(ids.column(0).to_pylist()) if ids.num_rows else set()
+            self._head = _Head(size, head_hash, event_ids)
+        return self._head
+
+    def append(
+        self,
+        events: Sequence[Incoming],
+        rejected: Sequence[Rejected] = (),
+        offsets: Mapping[tuple[str, int], int] | None = None,
+    ) -> AppendResult:
+        """Append a batch in one transaction: entries, quarantine, offsets, derived state.
+
+        Events whose `event_id` is already in the ledger (or earlier in the batch) are counted
+        as duplicates and not appended again.
+        """
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only")
+        head = self._load_head()
+        assert head.event_ids is not None
+        seen = head.event_ids
+        fresh: list[Incoming] = []
+        batch_ids: set[str] = set()
+        for ev in events:
+            if ev.event_id in seen or ev.event_id in batch_ids:
+                continue
+            batch_ids.add(ev.event_id)
+            fresh.append(ev)
+        result = AppendResult(
+            appended=len(fresh),
+            duplicates=len(events) - len(fresh),
+            quarantined=len(rejected),
+        )
+        seq0 = head.size
+        hashes = list(chain.extend(seq0, head.hash, (ev.payload for ev in fresh)))
+        prevs = [head.hash, *hashes[:-1]] if hashes else []
+        now = datetime.now(UTC)
+        entries = [
+            Entry(
+                seq0 + i,
+                ev.event_id,
+                ev.type,
+                ev.occurred_at,
+                ev.payload,
+                prevs[i],
+                hashes[i],
+                ev.source,
+                ev.record,
+            )
+            for i, ev in enumerate(fresh)
+        ]
+        new_size = seq0 + len(fresh)
+        new_hash = hashes[-1] if hashes else head.hash
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            if entries:
+                self._insert_entries(entries, now)
+                con.execute(
+                    "INSERT OR REPLACE INTO ledger_meta VALUES ('head_size', ?), ('head_hash', ?)",
+                    [str(new_size), new_hash.hex()],
+                )
+                for ext in extensions():
+                    ext.on_append(con, entries)
+            if rejected:
+                self._insert_quarantine(rejected, now)
+            if offsets:
+                self._upsert_offsets(offsets, now)
+            con.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            self._head = None
+            if isinstance(exc, duckdb.Error):
+                raise StoreError(f"append to {self.path} failed: {_first_line(exc)}") from exc
+            raise
+        head.size = new_size
+        head.hash = new_hash
+        seen.update(batch_ids)
+        result.size = new_size
+        result.head_hash = new_hash
+        return result
+
+    def _insert_entries(self, entries: Sequence[Entry], now: datetime) -> None:
+        now_us = int(now.timestamp() * 1_000_000)
+        table = pa.Table.from_arrays(
+            [
+                pa.array([e.seq for e in entries], pa.int64()),
+                pa.array([e.event_id for e in entries], pa.string()),
+                pa.array([e.type for e in entries], pa.string()),
+                pa.array([e.occurred_at for e in entries], pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")
+                ),
+                pa.array([now_us] * len(entries), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                pa.array([e.payload for e in entries], pa.binary()),
+                pa.array([e.prev_hash for e in entries], pa.binary()),
+                pa.array([e.entry_hash for e in entries], pa.binary()),
+                pa.array([e.source for e in entries], pa.string()),
+            ],
+            schema=ENTRY_SCHEMA,
+        )
+        self.con.register("_new_entries", table)
+        try:
+            self.con.execute("INSERT INTO entries SELECT * FROM _new_entries")
+        finally:
+            self.con.unregister("_new_entries")
+
+    def _upsert_offsets(self, offsets: Mapping[tuple[str, int], int], now: datetime) -> None:
+        table = pa.table(
+            {
+                "topic": pa.array([t for t, _ in offsets], pa.string()),
+                "partition": pa.array([p for _, p in offsets], pa.int32()),
+                "next_offset": pa.array(list(offsets.values()), pa.int64()),
+                "updated_at": pa.array([now] * len(offsets), pa.timestamp("us", tz="UTC")),
+            }
+        )
+        self.con.register("_new_offsets", table)
+        try:
+            self.con.execute("INSERT OR REPLACE INTO consumer_offsets SELECT * FROM _new_offsets")
+        finally:
+            self.con.unregister("_new_offsets")
+
+    def _insert_quarantine(self, rejected: Iterable[Rejected], now: datetime) -> None:
+        rows = list(rejected)
+        table = pa.table(
+            {
+                "received_at": pa.array([now] * len(rows), pa.timestamp("us", tz="UTC")),
+                "source": pa.array([r.source for r in rows], pa.string()),
+                "raw": pa.array([r.raw for r in rows], pa.binary()),
+                "reason": pa.array([r.reason for r in rows], pa.string()),
+            }
+        )
+        self.con.register("_new_quarantine", table)
+        try:
+            self.con.execute("INSERT INTO quarantine SELECT * FROM _new_quarantine")
+        finally:
+            self.con.unregister("_new_quarantine")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
