@@ -210,27 +210,41 @@ def ingest(files: tuple[str, ...], db: str, as_json: bool, batch_size: int) -> i
 @cli.command()
 @db_option
 @json_option
-def verify(db: str, as_json: bool) -> int:
+@click.option("--checkpoint", "checkpoint_file", metavar="FILE",
+              help="A checkpoint kept elsewhere: detect rollback, truncation, fork.")  # fmt: skip
+@click.option("--public-key", metavar="FILE", help="Verifier key that must have signed it all.")
+def verify(db: str, as_json: bool, checkpoint_file: str | None, public_key: str | None) -> int:
     """Recompute every hash and link from seq 0; name the first bad entry.
 
     Checks: seq runs 0, 1, 2, … with no gap or repeat; each prev_hash is the previous
     entry_hash; each entry_hash = SHA-256(0x00 || u64be(seq) || prev_hash || payload);
     each row's event_id, type and occurred_at agree with its payload; the head agrees
-    with the one recorded by the last append.
+    with the one recorded by the last append; the Merkle tree matches the entries; every
+    stored checkpoint is validly signed, no larger than the ledger and has its root.
 
     \b
     Examples:
       ledger verify
       ledger verify --db audit.duckdb --json
+      ledger verify --checkpoint kept/cp.txt --public-key keys/ledger.vkey
 
     Exit: 0 intact (or empty, said so), 1 the first bad seq and why.
     """
     from ledger.store import Store
     from ledger.verify import verify_store
 
+    note = None
+    if checkpoint_file:
+        try:
+            with open(checkpoint_file, encoding="utf-8") as fh:
+                note = fh.read()
+        except OSError as exc:
+            raise LedgerError(f"cannot read {checkpoint_file}: {exc.strerror}") from exc
     meter = Progress("verify")
     with Store.open(db, read_only=True) as store:
-        report = verify_store(store, progress=meter.update)
+        report = verify_store(
+            store, progress=meter.update, checkpoint=note, public_key=public_key
+        )
     meter.done()
     if as_json:
         echo_json(report.to_dict())
@@ -239,7 +253,8 @@ def verify(db: str, as_json: bool) -> int:
     elif report.ok:
         click.echo(f"ok: {report.size:,} entries verified, head {report.head_hash}")
     else:
-        click.echo(f"FAILED at seq {report.bad_seq}: {report.reason}", err=True)
+        where = "" if report.bad_seq is None else f" at seq {report.bad_seq}"
+        click.echo(f"FAILED{where}: {report.reason}", err=True)
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -285,7 +300,9 @@ def _register_commands() -> None:
     """Attach the command modules; each keeps its own concern (stream, investigate, audit)."""
     import importlib
 
-    for name in ("ledger.cli_stream", "ledger.cli_investigate", "ledger.cli_audit"):
+    for name in (
+        "ledger.cli_stream", "ledger.cli_investigate", "ledger.cli_audit", "ledger.cli_demo"
+    ):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -11,7 +11,7 @@ import copy
 import io
 import json
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -20,11 +20,13 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from ledger.errors import CodecError
+from ledger.events import EVENT_TYPES
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 SCHEMA_FILE = "audit_event.avsc"
 ENVELOPE_PREFIX = ("event_id", "type", "occurred_at")
+_RECORD_NAMES = {etype: spec[2] for etype, spec in EVENT_TYPES.items()}
 
 
 def schema_fingerprint(schema: dict[str, Any]) -> bytes:
@@ -60,6 +62,152 @@ def _strip_logical(schema: Any) -> Any:
     return schema
 
 
+class _Unsupported(Exception):
+    """The fast encoder met a value it does not handle; fastavro decides (bytes or error)."""
+
+
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+_TWO_GROUPS = tuple(bytes(((v & 0x7F) | 0x80, (v >> 7) | 0x80)) for v in range(1 << 14))
+_TAILS = tuple(
+    bytes(((v & 0x7F) | 0x80, v >> 7)) if v >= 0x80 else bytes([v]) for v in range(1 << 14)
+)
+
+
+def _varint(n: int) -> bytes:
+    """Avro's variable-length encoding of an already zig-zagged, non-negative integer.
+
+    Fourteen bits per step from lookup tables: twice as fast as a byte-at-a-time loop, and
+    every event carries 8-byte timestamps.
+    """
+    if n < 0x4000:
+        return _TAILS[n]
+    out = _TWO_GROUPS[n & 0x3FFF]
+    n >>= 14
+    while n >= 0x4000:
+        out += _TWO_GROUPS[n & 0x3FFF]
+        n >>= 14
+    return out + _TAILS[n]
+
+
+class _EncoderSource:
+    """Generates one straight-line Python function that writes a record of a fixed schema.
+
+    fastavro's writer costs ~15 µs per event here; the generated code does the same job in a
+    fraction of that. It handles the schema subset `AuditEvent` uses (records, enums, arrays,
+    nullable unions, a union of records chosen by name) and raises `_Unsupported` on any value
+    whose type it does not expect, so fastavro produces the bytes or the error instead.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {
+            "T": _TAILS,
+            "V": _varint,
+            "U": _Unsupported,
+            "LMIN": _LONG_MIN,
+            "LMAX": _LONG_MAX,
+        }
+        self._n = 0
+
+    def var(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def const(self, value: Any) -> str:
+        name = self.var("K")
+        self.consts[name] = value
+        return name
+
+    def emit(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
+
+    def value(self, schema: Any, x: str, d: int, ns: str) -> None:
+        """Code writing the value held in variable `x` at indentation `d`."""
+        if isinstance(schema, list):
+            self.union(schema, x, d, ns)
+            return
+        kind = schema if isinstance(schema, str) else schema["type"]
+        if kind in ("long", "int"):
+            z = self.var("z")
+            self.emit(d, f"if type({x}) is not int or not LMIN <= {x} <= LMAX: raise U")
+            self.emit(d, f"{z} = ({x} << 1) ^ ({x} >> 63)")
+            self.emit(d, f"out += V({z})")
+        elif kind == "string":
+            b, n = self.var("b"), self.var("n")
+            self.emit(d, f"if type({x}) is not str: raise U")
+            self.emit(d, f"{b} = {x}.encode()")
+            self.emit(d, f"{n} = len({b}) << 1")
+            self.emit(d, f"out += T[{n}] if {n} < 16384 else V({n})")
+            self.emit(d, f"out += {b}")
+        elif kind == "boolean":
+            self.emit(d, f"if {x} is True: out += b'\\x01'")
+            self.emit(d, f"elif {x} is False: out += b'\\x00'")
+            self.emit(d, "else: raise U")
+        elif kind == "null":
+            self.emit(d, f"if {x} is not None: raise U")
+        elif kind == "enum":
+            table = self.const({s: _varint(i << 1) for i, s in enumerate(schema["symbols"])})
+            t = self.var("t")
+            self.emit(d, f"{t} = {table}.get({x}) if type({x}) is str else None")
+            self.emit(d, f"if {t} is None: raise U")
+            self.emit(d, f"out += {t}")
+        elif kind == "array":
+            item = self.var("i")
+            self.emit(d, f"if type({x}) is not list: raise U")
+            self.emit(d, f"if {x}:")
+            self.emit(d + 1, f"out += V(len({x}) << 1)")
+            self.emit(d + 1, f"for {item} in {x}:")
+            self.value(schema["items"], item, d + 2, ns)
+            self.emit(d, "out += b'\\x00'")
+        elif kind == "record":
+            ns = _full_name(schema, ns).rpartition(".")[0]
+            self.emit(d, f"if type({x}) is not dict: raise U")
+            for field in schema["fields"]:
+                f = self.var("f")
+                self.emit(d, f"{f} = {x}[{field['name']!r}]")
+                self.value(field["type"], f, d, ns)
+        else:
+            raise _Unsupported
+
+    def union(self, branches: list[Any], x: str, d: int, ns: str) -> None:
+        if len(branches) == 2 and branches[0] == "null":
+            self.emit(d, f"if {x} is None: out += b'\\x00'")
+            self.emit(d, "else:")
+            self.emit(d + 1, "out += b'\\x02'")
+            self.value(branches[1], x, d + 1, ns)
+            return
+        if not all(isinstance(b, dict) and b.get("type") == "record" for b in branches):
+            raise _Unsupported
+        name, inner = self.var("r"), self.var("x")
+        self.emit(d, f"if type({x}) is not tuple or len({x}) != 2: raise U")
+        self.emit(d, f"{name}, {inner} = {x}")
+        for i, branch in enumerate(branches):
+            self.emit(d, f"{'if' if i == 0 else 'elif'} {name} == {_full_name(branch, ns)!r}:")
+            self.emit(d + 1, f"out += {_varint(i << 1)!r}")
+            self.value(branch, inner, d + 1, ns)
+        self.emit(d, "else: raise U")
+
+
+def _compile_encoder(schema: dict[str, Any]) -> Callable[[bytearray, Any], None]:
+    src = _EncoderSource()
+    src.emit(0, "def write(out, x0):")
+    src.value(schema, "x0", 1, "")
+    namespace = dict(src.consts)
+    exec(compile("\n".join(src.lines), "<ledger.codec encoder>", "exec"), namespace)  # noqa: S102
+    write: Callable[[bytearray, Any], None] = namespace["write"]
+    return write
+
+
+def _full_name(schema: dict[str, Any], ns: str) -> str:
+    name: str = schema["name"]
+    if "." in name:
+        return name
+    space = schema.get("namespace", ns)
+    return f"{space}.{name}" if space else name
+
+
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
     shift = 0
     acc = 0
@@ -90,6 +238,11 @@ class Codec:
         self.fingerprint = schema_fingerprint(schema)
         self.header = MAGIC + self.fingerprint
         self._reader = fastavro.parse_schema(_strip_logical(copy.deepcopy(schema)))
+        self._fast: Callable[[bytearray, Any], None] | None
+        try:
+            self._fast = _compile_encoder(_strip_logical(schema))
+        except (_Unsupported, KeyError, TypeError):
+            self._fast = None
         self._writers: dict[bytes, Any] = {self.fingerprint: None}
         for older in [*released_schemas(), *extra_writer_schemas]:
             self.register(older)
@@ -113,13 +266,18 @@ class Codec:
 
     def encode(self, record: dict[str, Any]) -> bytes:
         """Encode an Avro-shaped record (see `events.to_record`) with the current schema."""
-        from ledger.events import EVENT_TYPES
-
-        spec = EVENT_TYPES.get(record.get("type", ""))
-        if spec is None:
+        etype = record.get("type")
+        name = _RECORD_NAMES.get(etype) if isinstance(etype, str) else None
+        if name is None:
             raise CodecError(f"cannot encode unknown event type {record.get('type')!r}")
-        datum = dict(record)
-        datum["data"] = (spec[2], record["data"])
+        datum = {**record, "data": (name, record.get("data"))}
+        if self._fast is not None:
+            buf = bytearray(self.header)
+            try:
+                self._fast(buf, datum)
+                return bytes(buf)
+            except (_Unsupported, KeyError, ValueError):
+                pass
         out = io.BytesIO()
         out.write(self.header)
         try:
@@ -160,7 +318,12 @@ class Codec:
                     buf, writer, self._reader, return_record_name=True
                 )
         except (EOFError, StopIteration, IndexError, struct.error) as exc:
-            raise CodecError("truncated body: the Avro record ends early") from exc
+            if isinstance(exc, EOFError | StopIteration) or buf.tell() >= len(payload):
+                raise CodecError("truncated body: the Avro record ends early") from exc
+            raise CodecError(
+                f"malformed Avro body before byte {buf.tell()}: a union or enum index out of "
+                "range for the writer schema"
+            ) from exc
         except UnicodeDecodeError as exc:
             raise CodecError(f"invalid UTF-8 in a string field at byte {exc.start}") from exc
         except Exception as exc:

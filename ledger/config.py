@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     ssl_cafile: str | None = None
     key: str | None = None
     origin: str | None = None
+    # Consumer group liveness; None = 1 s / 100 ms on loopback (the dev broker rejoins fast),
+    # the aiokafka defaults 10 s / 3 s elsewhere. Real Kafka requires >= 6 s by default.
+    session_timeout_ms: int | None = None
+    heartbeat_interval_ms: int | None = None
+    # Consumer: most events per DuckDB transaction (one `getmany`).
+    batch_size: int = 10_000
+    # Emitter: where events wait on disk while the broker is unreachable, and its size limit.
+    spool: str | None = None
+    spool_max_bytes: int = 256 * 1024 * 1024
 
     def kafka_security(self) -> dict[str, Any]:
         """aiokafka keyword arguments for talking to a secured cluster."""

@@ -6,8 +6,9 @@ out-of-scope action) is well-formed: the ledger records what happened, the query
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
 from pydantic import (
@@ -28,17 +29,25 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 
+_ISO_DATETIME = re.compile(r"\s*\d{4}-\d{2}-\d{2}[Tt ]\d")
+
+
 def _only_text_or_datetime(value: object) -> object:
-    if isinstance(value, str | datetime):
+    """Only ISO 8601 date-times: pydantic alone would also take numbers, numeric strings
+    (as Unix time) and bare dates, none of which say unambiguously when something happened."""
+    if isinstance(value, datetime) or (isinstance(value, str) and _ISO_DATETIME.match(value)):
         return value
-    raise ValueError("timestamp must be an ISO 8601 string such as 2026-03-23T10:00:00Z")
+    raise ValueError("timestamp must be an ISO 8601 date-time such as 2026-03-23T10:00:00Z")
 
 
 def _as_utc(value: datetime) -> datetime:
     """Naive timestamps are taken as UTC (the contract says every timestamp is UTC)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("timestamp outside years 1-9999 once converted to UTC") from exc
 
 
 Id = Annotated[str, StringConstraints(min_length=1)]
@@ -224,11 +233,20 @@ EVENT_TYPES: dict[str, tuple[type[_Envelope], type[_Model], str]] = {
 RECORD_TO_TYPE = {record: etype for etype, (_, _, record) in EVENT_TYPES.items()}
 
 
+def _is_non_empty(annotation: Any) -> bool:
+    """Whether an annotation is `Id`/`Text`, or a union holding one (`Id | None`)."""
+    if any(getattr(m, "min_length", None) == 1 for m in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_is_non_empty(arg) for arg in get_args(annotation))
+
+
 def _non_empty_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """Fields that must not be the empty string (when present, for nullable ones)."""
     return tuple(
         name
         for name, info in model.model_fields.items()
         if any(getattr(m, "min_length", None) == 1 for m in info.metadata)
+        or _is_non_empty(info.annotation)
     )
 
 
@@ -243,7 +261,9 @@ _TIMESTAMP_FIELDS = {
 def _reason(exc: pydantic.ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False)[:3]:
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).endswith("Event"))
+        loc = ".".join(
+            str(p) for p in err["loc"] if not str(p).endswith("Event") and p not in EVENT_TYPES
+        )
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "union_tag_invalid":
             msg = f"unknown event type {err['input'].get('type')!r}; expected one of " + ", ".join(
@@ -273,7 +293,10 @@ def parse_event_json(text: str | bytes) -> Event:
     except pydantic.ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise ValidationError(f"not valid JSON: {exc.errors()[0]['msg']}") from exc
-        if any(e["type"] == "model_attributes_type" and not e["loc"] for e in exc.errors()):
+        if any(
+            e["type"] in ("model_attributes_type", "dict_type") and not e["loc"]
+            for e in exc.errors()
+        ):
             raise ValidationError("an event must be a JSON object") from exc
         raise ValidationError(_reason(exc)) from exc
 
@@ -284,6 +307,11 @@ def to_micros(value: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     return EPOCH + timedelta(microseconds=value)
+
+
+#: the range of UTC microseconds a timestamp of the JSON form (years 1-9999) can express
+MIN_MICROS = to_micros(datetime.min.replace(tzinfo=UTC))
+MAX_MICROS = to_micros(datetime.max.replace(tzinfo=UTC))
 
 
 def to_record(event: Event) -> dict[str, Any]:
@@ -333,12 +361,18 @@ def check_record(record: dict[str, Any], record_name: str) -> str | None:
     if spec[2] != record_name:
         return f"type {etype!r} does not match data record {record_name.rsplit('.', 1)[-1]}"
     for name in _ENVELOPE_NON_EMPTY:
-        if not record[name]:
+        if record[name] == "":
             return f"{name}: String should have at least 1 character"
+    if not MIN_MICROS <= record["occurred_at"] <= MAX_MICROS:
+        return "occurred_at: timestamp outside years 1-9999"
     data = record["data"]
     for name in _DATA_NON_EMPTY[etype]:
         if data[name] == "":
             return f"data.{name}: String should have at least 1 character"
+    for name in _TIMESTAMP_FIELDS[etype]:
+        value = data[name]
+        if value is not None and not MIN_MICROS <= value <= MAX_MICROS:
+            return f"data.{name}: timestamp outside years 1-9999"
     if etype == "delegation.granted" and data["expires_at"] <= data["not_before"]:
         return "data: expires_at must be after not_before"
     return None

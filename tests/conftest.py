@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ledger.broker import EmbeddedBroker
 from ledger.codec import Codec, default_codec
 
 
@@ -28,3 +30,24 @@ def write_jsonl(path: Path, events: Iterable[dict[str, Any] | str]) -> Path:
         for ev in events:
             fh.write((ev if isinstance(ev, str) else json.dumps(ev)) + "\n")
     return path
+
+
+# -- Kafka: one embedded broker per test session, a fresh topic per test ----------------------
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """The real embedded Tansu broker (memory-only), started once for the whole session."""
+    with EmbeddedBroker() as embedded:
+        yield embedded
+
+
+@pytest.fixture
+def topic(broker: EmbeddedBroker) -> str:
+    """A new, random topic with 3 partitions on the session broker."""
+    return broker.create_topic(f"test-{uuid.uuid4().hex[:12]}", partitions=3)
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> Path:
+    return tmp_path / "emitter.spool"

@@ -1,0 +1,147 @@
+"""Kafka pipeline: emit 200k generated events to the embedded broker, then consume them.
+
+Measured in one run on the same topic: the emitter (validate + encode + send, one process),
+a bare aiokafka `getmany` loop over the topic (the ceiling: no decode, no storage), and the
+ledger consumer into a fresh ledger file (decode, dedupe, chain, projections, Merkle, offsets,
+one transaction per batch). Rates are steady state: first message fetched to last batch
+committed (group join and the idle wait are reported apart). Targets on the 2-core reference
+machine: consume >= 25k events/s (>= 0.12 of the ceiling; aim 0.25), emit >= 20k events/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.generate import generate
+from bench.results import environment, write_section
+from ledger.broker import EmbeddedBroker
+from ledger.config import load
+from ledger.consumer import ConsumeStats, LedgerConsumer, tune_process
+from ledger.emitter import Emitter
+from ledger.store import Store
+
+N = int(os.environ.get("BENCH_CONSUME_EVENTS", "200000"))
+SEED = 2027
+PARTITIONS = 4
+ROUNDS = 3
+TOPIC = "bench-consume"
+OUT = Path(__file__).with_name("out")
+CONSUME_TARGET = 25_000
+EMIT_TARGET = 20_000
+
+
+async def emit_all(bootstrap: str, items: list[dict[str, Any]], spool: Path) -> float:
+    """Seconds for the async emitter to validate, encode, send and have every event acked."""
+    async with Emitter(bootstrap, TOPIC, spool_path=spool) as em:
+        started = time.perf_counter()
+        for ev in items:
+            await em.emit(ev)
+        assert await em.flush(120), em.counters
+        elapsed = time.perf_counter() - started
+        assert em.counters["sent"] == len(items) and em.counters["spooled"] == 0, em.counters
+    return elapsed
+
+
+async def raw_consume(bootstrap: str, group: str, **fetch: int) -> float:
+    """Seconds from the first to the last message for a bare aiokafka consumer (the ceiling)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        TOPIC,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=1000,
+        heartbeat_interval_ms=100,
+        **fetch,
+    )
+    await consumer.start()
+    try:
+        seen, first = 0, 0.0
+        while seen < N:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            if batch and not first:
+                first = time.perf_counter()
+            seen += sum(len(v) for v in batch.values())
+        return time.perf_counter() - first
+    finally:
+        await consumer.stop()
+
+
+def ledger_consume(bootstrap: str, db: Path, group: str) -> ConsumeStats:
+    for p in (db, db.with_name(db.name + ".wal")):
+        p.unlink(missing_ok=True)
+    settings = load(bootstrap_servers=bootstrap, topic=TOPIC, group=group, db=str(db))
+    with Store.open(db) as store:
+        stats = asyncio.run(LedgerConsumer(store, settings, until_idle=1.0).run())
+    assert (stats.appended, stats.quarantined) == (N, 0), stats
+    return stats
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    OUT.mkdir(exist_ok=True)
+    items = list(generate(N, SEED))
+    raws, raw_defaults, runs = [], [], []
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        bootstrap = broker.bootstrap_servers
+        broker.create_topic(TOPIC, PARTITIONS)
+        emit_s = asyncio.run(emit_all(bootstrap, items, Path(tmp) / "spool"))
+        tune_process()  # what `ledger consume` does for itself; both consumers run under it
+        for rnd in range(ROUNDS):  # interleaved, so load changes hit both alike
+            # the ledger consumer's own fetch sizes, and aiokafka's defaults (as in PERF-NOTES)
+            big = {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 64 << 20}
+            raws.append(N / asyncio.run(raw_consume(bootstrap, f"raw-{rnd}", **big)))
+            raw_defaults.append(N / asyncio.run(raw_consume(bootstrap, f"raw-default-{rnd}")))
+            runs.append(ledger_consume(bootstrap, OUT / "consume.duckdb", f"ledger-{rnd}"))
+    rates = [N / s.active_seconds for s in runs]
+    best = runs[rates.index(statistics.median(rates))]
+    emit_rate = N / emit_s
+    raw_rate, raw_default_rate = statistics.median(raws), statistics.median(raw_defaults)
+    rate = statistics.median(rates)
+    ratio = statistics.median(r / c for r, c in zip(rates, raws, strict=True))
+    ratio_default = statistics.median(r / c for r, c in zip(rates, raw_defaults, strict=True))
+    wall_rate = statistics.median(N / s.seconds for s in runs)
+    us = 1e6 / N
+    rest = best.active_seconds - best.decode_seconds - best.append_seconds
+    md = f"""## consume (Kafka pipeline)
+
+{environment()}; consumers also under `ledger.consumer.tune_process()` (mallopt: trim
+threshold 1 GB, top pad 256 MB, mmap threshold 32 MB; gc threshold 50k). Embedded Tansu broker
+(memory) on loopback, topic of {PARTITIONS} partitions, {N:,} generated events (seed {SEED}).
+Consumer figures are medians of {ROUNDS} interleaved rounds (raw, raw, ledger), each into a
+fresh ledger; ratios are medians of the per-round ratios.
+
+| what | events/s | target |
+|---|---|---|
+| emit: `Emitter.emit(dict)`: validate, encode, send, acked (one process) \
+| {emit_rate:,.0f} | >= {EMIT_TARGET:,} |
+| raw aiokafka `getmany`, the consumer's fetch sizes (ceiling) | {raw_rate:,.0f} | |
+| raw aiokafka `getmany`, aiokafka default fetch sizes | {raw_default_rate:,.0f} | |
+| `ledger consume` steady state (first fetch -> last commit) | {rate:,.0f} \
+| >= {CONSUME_TARGET:,} |
+| `ledger consume` wall clock incl. group join and 1 s idle exit | {wall_rate:,.0f} | |
+| ratio consume / raw ceiling (same fetch sizes) | {ratio:.3f} | >= 0.12 (aim 0.25) |
+| ratio consume / raw with default fetch sizes | {ratio_default:.3f} | |
+
+Rounds, ledger consume events/s: {", ".join(f"{r:,.0f}" for r in rates)}.
+Where the consumer's time goes in the median round (µs/event): decode + checks
+{best.decode_seconds * us:.1f} (generated decoder, `ledger.fastdecode`), `Store.append`
+(chain, entries, projections, Merkle, offsets; one transaction per
+{best.received // max(best.batches, 1):,}-event batch) {best.append_seconds * us:.1f}, the rest
+(fetch, commits) {rest * us:.1f}.
+"""
+    write_section("consume", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""`ledger emit`, `ledger consume`, `ledger broker`: the Kafka side of the command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ledger.cli import EXIT_ERROR, EXIT_OK, EXIT_QUARANTINED, db_option, echo_json, json_option
+from ledger.errors import LedgerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+MAX_LISTED = 20
+
+
+def kafka_options(f: F) -> F:
+    """--bootstrap-servers / --topic (env LEDGER_BOOTSTRAP_SERVERS, LEDGER_TOPIC)."""
+    f = click.option(
+        "--topic",
+        default=None,
+        metavar="NAME",
+        help="Kafka topic. Env: LEDGER_TOPIC. [default: agent-audit-events]",
+    )(f)
+    return click.option(
+        "--bootstrap-servers",
+        "-b",
+        default=None,
+        metavar="HOST:PORT[,...]",
+        help="Kafka brokers. Env: LEDGER_BOOTSTRAP_SERVERS. [default: localhost:9092] "
+        "SASL/SSL: LEDGER_SECURITY_PROTOCOL, LEDGER_SASL_MECHANISM, LEDGER_SASL_USERNAME, "
+        "LEDGER_SASL_PASSWORD, LEDGER_SSL_CAFILE.",
+    )(f)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # ours say it in one line
+
+
+@click.command()
+@click.argument("file", metavar="FILE|-")
+@kafka_options
+@click.option(
+    "--skip-invalid", is_flag=True, help="Send the valid lines even if some are invalid (exit 3)."
+)
+@click.option("--spool", default=None, metavar="PATH", help="Spool file. Env: LEDGER_SPOOL.")
+@json_option
+def emit(
+    *,
+    file: str,
+    bootstrap_servers: str | None,
+    topic: str | None,
+    skip_invalid: bool,
+    spool: str | None,
+    as_json: bool,
+) -> int:
+    """Send events from a JSON Lines file (`-` reads stdin) to Kafka as single-object Avro.
+
+    Every line is validated first: if any is invalid, nothing is sent and each bad line
+    is listed with its number and reason, unless --skip-invalid. Keys are the delegation
+    id, else the principal id. If Kafka is unreachable, events wait in the spool file
+    and are re-sent by the next `ledger emit`.
+
+    \b
+    Examples:
+      ledger emit examples/events.jsonl -b localhost:9092
+      cat events.jsonl | ledger emit - --topic agent-audit-events --skip-invalid
+
+    Exit: 0 all sent, 3 some lines skipped (--skip-invalid), 1 invalid input or Kafka error.
+    """
+    from ledger.config import load
+    from ledger.emitfile import emit_lines
+    from ledger.ingest import read_lines
+
+    if file != "-" and not os.path.isfile(file):
+        raise LedgerError(f"no such file: {file}")
+    _logging(False)
+    settings = load(bootstrap_servers=bootstrap_servers, topic=topic, spool=spool)
+    summary = emit_lines(read_lines([file]), settings, skip_invalid=skip_invalid)
+    if as_json:
+        echo_json(summary.to_dict())
+    for source, reason in summary.invalid[:MAX_LISTED]:
+        click.echo(f"{source.removeprefix('file:')}: {reason}", err=True)
+    if len(summary.invalid) > MAX_LISTED:
+        click.echo(f"... and {len(summary.invalid) - MAX_LISTED} more invalid lines", err=True)
+    if summary.invalid and not skip_invalid:
+        raise LedgerError(
+            f"{len(summary.invalid)} of {summary.lines} lines are invalid; nothing sent "
+            "(fix them, or use --skip-invalid)"
+        )
+    if not as_json and not summary.spooled:
+        click.echo(
+            f"{summary.sent + summary.resent:,} events sent to {settings.topic} "
+            f"({summary.rate:,.0f}/s), {summary.skipped:,} invalid lines skipped"
+        )
+    if summary.spooled:
+        raise LedgerError(
+            f"Kafka {settings.bootstrap_servers} unreachable: {summary.spooled:,} events of this "
+            f"run wait in spool {summary.spool} ({summary.spool_bytes:,} bytes in all); they are "
+            "re-sent first by the next `ledger emit` with this spool"
+        )
+    return EXIT_QUARANTINED if summary.skipped else EXIT_OK
+
+
+@click.command()
+@kafka_options
+@click.option(
+    "--group", default=None, help="Consumer group. Env: LEDGER_GROUP. [default: agent-ledger]"
+)
+@db_option
+@click.option(
+    "--until-idle",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Exit 0 once caught up and no message arrived for SECONDS (batch jobs, tests).",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Most events per transaction. Env: LEDGER_BATCH_SIZE. [default: 10000]",
+)
+@click.option("--verbose", "-v", is_flag=True, help="Also log the Kafka client's own messages.")
+@json_option
+def consume(
+    *,
+    bootstrap_servers: str | None,
+    topic: str | None,
+    group: str | None,
+    db: str,
+    until_idle: float | None,
+    batch_size: int | None,
+    verbose: bool,
+    as_json: bool,
+) -> int:
+    """Append events from Kafka to the ledger, exactly once, until Ctrl-C or SIGTERM.
+
+    Each batch (entries, quarantined messages, next offsets) is one DuckDB
+    transaction; on every partition assignment the consumer resumes from the
+    offsets stored in the ledger, whatever Kafka's group offsets say. Malformed
+    messages go to the `quarantine` table as `kafka:TOPIC/PARTITION/OFFSET`.
+    Progress (events/s, lag per partition) is logged to stderr every few seconds;
+    an unreachable broker is retried with backoff, and said so.
+
+    \b
+    Examples:
+      ledger consume -b localhost:9092 --db audit.duckdb
+      ledger consume --until-idle 5 && ledger verify
+      LEDGER_BOOTSTRAP_SERVERS=kafka:9093 LEDGER_SECURITY_PROTOCOL=SASL_SSL ledger consume
+
+    Exit: 0 stopped by signal or idle, 1 error.
+    """
+    from ledger.config import load
+    from ledger.consumer import consume as run_consume
+
+    _logging(verbose)
+    settings = load(
+        bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db, batch_size=batch_size
+    )
+    stats = run_consume(settings, until_idle=until_idle)
+    if as_json:
+        echo_json(stats.to_dict())
+    else:
+        click.echo(
+            f"{stats.received:,} messages: {stats.appended:,} appended, "
+            f"{stats.duplicates:,} duplicates, {stats.quarantined:,} quarantined; "
+            f"ledger {settings.db} has {stats.size:,} entries"
+        )
+    return EXIT_OK
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1. [default: a free one]")
+def broker(port: int | None) -> int:
+    """Run the embedded development broker (Tansu, memory-only) until Ctrl-C.
+
+    Everything it holds is lost when it stops: for development and demos only.
+    Production points --bootstrap-servers at a real Kafka cluster.
+
+    \b
+    Examples:
+      ledger broker --port 9092
+      ledger consume -b 127.0.0.1:9092 --until-idle 5
+
+    Exit: 0 after Ctrl-C or SIGTERM, 1 if it cannot start.
+    """
+    from ledger.broker import EmbeddedBroker
+
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with EmbeddedBroker(port=port) as embedded:
+        click.echo(f"embedded broker (memory-only) pid {embedded.pid}")
+        click.echo(embedded.bootstrap_servers)
+        sys.stdout.flush()
+        while not stop["now"]:
+            if not embedded.running():
+                click.echo("error: the broker exited", err=True)
+                return EXIT_ERROR
+            time.sleep(0.2)
+    click.echo("broker stopped", err=True)
+    return EXIT_OK
+
+
+COMMANDS = [emit, consume, broker]

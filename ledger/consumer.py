@@ -1,0 +1,505 @@
+"""Kafka -> ledger, exactly once: entries, quarantine and offsets commit in one DuckDB transaction.
+
+The ledger file is the source of truth for where to resume: on every assignment each partition
+is sought to the offset stored with the last appended batch. Kafka group commits are advisory
+(for lag dashboards). A crash at any point loses no event and appends none twice: the batch and
+its offsets commit together, and `event_id` dedupe covers producer retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ledger import events
+from ledger.codec import Codec, default_codec
+from ledger.config import Settings
+from ledger.errors import BrokerError, LedgerError
+from ledger.fastdecode import FastDecoder
+from ledger.store import Incoming, Rejected, Store
+
+log = logging.getLogger("ledger.consume")
+
+MAX_RECORDS = 10_000
+POLL_MS = 500
+RETRY_MAX_S = 30.0
+
+
+class Checkpointer(Protocol):
+    """Called after each committed batch (idle=False) and whenever a poll finds nothing."""
+
+    def maybe_checkpoint(self, store: Store, idle: bool) -> object: ...
+
+
+@dataclass(slots=True)
+class ConsumeStats:
+    received: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    active_seconds: float = 0.0  # first message fetched -> last batch committed
+    decode_seconds: float = 0.0
+    append_seconds: float = 0.0
+    size: int = 0
+    head_hash: str = ""
+    stopped_by: str = ""
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    good: list[Incoming]
+    bad: list[Rejected]
+    offsets: dict[tuple[str, int], int]
+    received: int
+
+
+def prepare_batch(
+    batch: Mapping[Any, Sequence[Any]],
+    codec: Codec | FastDecoder,
+    expected: dict[tuple[str, int], int],
+) -> _Prepared:
+    """Decode every message once; malformed ones become `Rejected` with their coordinates.
+
+    `expected` holds the next offset per partition: messages below it were already appended
+    (a refetch after a seek) and are skipped, so the quarantine never gets duplicates.
+    """
+    decode = codec.decode
+    check = events.check_record
+    good: list[Incoming] = []
+    bad: list[Rejected] = []
+    offsets: dict[tuple[str, int], int] = {}
+    received = 0
+    for tp, messages in batch.items():
+        key = (tp.topic, tp.partition)
+        floor = expected.get(key, -1)
+        prefix = f"kafka:{tp.topic}/{tp.partition}/"
+        last = -1
+        for msg in messages:
+            offset = msg.offset
+            if offset < floor:
+                continue
+            last = offset
+            received += 1
+            value = msg.value
+            source = prefix + str(offset)
+            if not value:
+                bad.append(Rejected(source, value, "empty message (no value)"))
+                continue
+            try:
+                record, name = decode(value)
+                reason = check(record, name)
+            except LedgerError as exc:
+                bad.append(Rejected(source, value, str(exc)))
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                bad.append(Rejected(source, value, f"malformed record: {exc!r}"))
+                continue
+            if reason is not None:
+                bad.append(Rejected(source, value, reason))
+                continue
+            good.append(
+                Incoming(
+                    record["event_id"], record["type"], record["occurred_at"], value, source, record
+                )
+            )
+        if last >= 0:
+            offsets[key] = last + 1
+            expected[key] = last + 1
+    return _Prepared(good, bad, offsets, received)
+
+
+def _liveness(settings: Settings) -> tuple[int, int]:
+    """(session timeout, heartbeat interval) in ms: short on loopback, where the dev broker runs."""
+    host = settings.bootstrap_servers.split(",")[0].rsplit(":", 1)[0].strip("[]")
+    local = host in ("127.0.0.1", "localhost", "::1")
+    session = settings.session_timeout_ms or (1000 if local else 10_000)
+    heartbeat = settings.heartbeat_interval_ms or max(min(session // 10, 3000), 50)
+    return session, heartbeat
+
+
+class LedgerConsumer:
+    """One consumer-group member feeding one ledger file (one writer per chain)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        codec: Codec | None = None,
+        until_idle: float | None = None,
+        checkpointer: Checkpointer | None = None,
+        max_records: int | None = None,
+        progress_interval: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.codec = codec or default_codec()
+        self._decoder = FastDecoder(self.codec)
+        self.until_idle = until_idle
+        self.checkpointer = checkpointer
+        self.max_records = max_records or settings.batch_size or MAX_RECORDS
+        self.progress_interval = progress_interval
+        self.stats = ConsumeStats()
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self._lock = asyncio.Lock()
+        self._expected: dict[tuple[str, int], int] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ledger-append")
+        self._consumer: Any = None
+        self._session_ms, self._heartbeat_ms = _liveness(settings)
+        self._last_message = time.monotonic()
+        self._assigned_once = False
+        self._started = time.monotonic()
+        self._last_probe = 0.0
+        self._first_message = 0.0
+        self._last_commit = 0.0
+
+    # -- control ---------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Finish the batch in hand, commit, leave the group, return (signal-safe)."""
+        if not self._stop.is_set():
+            log.info("%s: finishing the current batch, then exiting", reason)
+            self._stop_reason = reason
+            self._stop.set()
+
+    async def run(self) -> ConsumeStats:
+        backoff = 0.5
+        loop = asyncio.get_running_loop()
+        try:
+            # Load the chain head and the event ids now, not during the first batch, where a
+            # long pause would miss heartbeats.
+            await loop.run_in_executor(self._pool, self.store.append, [])
+            while not self._stop.is_set():
+                try:
+                    await self._session()
+                    break
+                except _Restart as exc:
+                    log.warning("%s; reconnecting", exc)
+                except (BrokerError, OSError) as exc:
+                    log.warning(
+                        "broker %s unreachable (%s); retrying in %.1fs",
+                        self.settings.bootstrap_servers,
+                        exc,
+                        backoff,
+                    )
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_S)
+        finally:
+            self._pool.shutdown(wait=True)
+        return self._summary()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # -- one connected session -------------------------------------------------------------
+
+    def _make_consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=self.settings.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            session_timeout_ms=self._session_ms,
+            heartbeat_interval_ms=self._heartbeat_ms,
+            request_timeout_ms=max(40_000, self._session_ms + 5000),
+            client_id="agent-ledger-consumer",
+            **self.settings.kafka_security(),
+        )
+
+    async def _session(self) -> None:
+        from aiokafka.errors import InvalidSessionTimeoutError, KafkaConnectionError, KafkaError
+
+        consumer = self._make_consumer()
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            raise BrokerError(str(exc) or type(exc).__name__) from exc
+        self._consumer = consumer
+        log.info(
+            "consuming %s as group %s from %s into %s",
+            self.settings.topic,
+            self.settings.group,
+            self.settings.bootstrap_servers,
+            self.store.path,
+        )
+        try:
+            consumer.subscribe([self.settings.topic], listener=_listener(self))
+            await self._poll_loop(consumer)
+        except InvalidSessionTimeoutError as exc:
+            self._session_ms, self._heartbeat_ms = 10_000, 3000
+            raise _Restart("broker refused the session timeout; using 10s") from exc
+        except KafkaConnectionError as exc:
+            raise BrokerError(str(exc)) from exc
+        except KafkaError as exc:
+            raise _Restart(f"Kafka error {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._consumer = None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _poll_loop(self, consumer: Any) -> None:
+        last_report = time.monotonic()
+        reported = 0
+        backoff = 0.5
+        while not self._stop.is_set():
+            batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.max_records)
+            now = time.monotonic()
+            if batch:
+                self._last_message = now
+                self._first_message = self._first_message or now
+                async with self._lock:
+                    started = time.perf_counter()
+                    prepared = prepare_batch(batch, self._decoder, self._expected)
+                    self.stats.decode_seconds += time.perf_counter() - started
+                    await self._append(prepared)
+            else:
+                if self.checkpointer is not None:
+                    self.checkpointer.maybe_checkpoint(self.store, True)
+                if await self._idle_check(consumer, now):
+                    backoff = 0.5
+                    if self.until_idle is not None and now - self._last_message >= self.until_idle:
+                        self.request_stop(f"idle for {self.until_idle:g}s and caught up")
+                else:
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_S)
+            if now - last_report >= self.progress_interval:
+                rate = (self.stats.received - reported) / (now - last_report)
+                self._report(consumer, rate)
+                last_report, reported = now, self.stats.received
+
+    async def _idle_check(self, consumer: Any, now: float) -> bool:
+        """After an empty poll: is the broker answering? False means back off (and say so).
+
+        It also keeps the idle clock honest: partitions still behind their end offset, or a
+        group join still in progress, do not count as idle.
+        """
+        if self.until_idle is None and now - self._last_probe < self.progress_interval:
+            return True
+        self._last_probe = now
+        from aiokafka.errors import KafkaError
+
+        assignment = list(consumer.assignment())
+        try:
+            ends = (
+                await asyncio.wait_for(consumer.end_offsets(assignment), 5.0) if assignment else {}
+            )
+        except (TimeoutError, OSError, KafkaError) as exc:
+            log.warning(
+                "broker %s not answering (%s); retrying",
+                self.settings.bootstrap_servers,
+                str(exc) or type(exc).__name__,
+            )
+            self._last_message = now
+            return False
+        behind = False
+        for tp in assignment:
+            key = (tp.topic, tp.partition)
+            high = consumer.highwater(tp)  # from fetches; some brokers' ListOffsets lag behind
+            end = ends.get(tp, 0) if high is None else high
+            if high is not None and high < self._expected.get(key, 0):
+                log.warning(
+                    "%s/%d ends at offset %d, before the ledger's %d (topic recreated or the "
+                    "broker lost its data): reading it again from the start; repeats are deduped",
+                    tp.topic, tp.partition, high, self._expected[key],
+                )  # fmt: skip
+                self._expected[key] = 0
+                consumer.seek(tp, 0)
+                behind = True
+            behind = behind or self._expected.get(key, 0) < end
+        joining = not assignment and not self._joined_long_enough(now)
+        if behind or joining:
+            self._last_message = now
+        return True
+
+    def _joined_long_enough(self, now: float) -> bool:
+        if self._assigned_once:
+            return True
+        return now - self._started > 2 * self._session_ms / 1000 + 10
+
+    async def _append(self, prepared: _Prepared) -> None:
+        """One transaction for the batch; then the advisory Kafka commit and the checkpointer.
+
+        The append runs on a worker thread only so that heartbeats keep flowing meanwhile;
+        batches are never pipelined (two Python-heavy threads just fight over the GIL).
+        """
+        self.stats.received += prepared.received
+        if not (prepared.good or prepared.bad or prepared.offsets):
+            return
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        result = await loop.run_in_executor(
+            self._pool, self.store.append, prepared.good, prepared.bad, prepared.offsets
+        )
+        self.stats.append_seconds += time.perf_counter() - started
+        self._last_commit = time.monotonic()
+        self.stats.batches += 1
+        self.stats.appended += result.appended
+        self.stats.duplicates += result.duplicates
+        self.stats.quarantined += result.quarantined
+        if self.checkpointer is not None:
+            self.checkpointer.maybe_checkpoint(self.store, False)
+        await self._commit_advisory(prepared.offsets)
+
+    async def _commit_advisory(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        consumer = self._consumer
+        if consumer is None or not offsets:
+            return
+        from aiokafka import TopicPartition
+
+        assigned = consumer.assignment()
+        todo = {
+            tp: off
+            for (topic, part), off in offsets.items()
+            if (tp := TopicPartition(topic, part)) in assigned
+        }
+        if not todo:
+            return
+        try:
+            await consumer.commit(todo)
+        except Exception as exc:  # advisory only: the ledger file holds the real offsets
+            log.debug("advisory Kafka commit failed: %s", exc)
+
+    async def on_assigned(self, assigned: Any) -> None:
+        """Seek every newly assigned partition to the offset the ledger recorded."""
+        async with self._lock:
+            stored = self.store.offsets(self.settings.topic)
+            consumer = self._consumer
+            for tp in assigned:
+                offset = stored.get(tp.partition)
+                key = (tp.topic, tp.partition)
+                offset = 0 if offset is None else offset  # below retention: reset to earliest
+                consumer.seek(tp, offset)
+                self._expected[key] = offset
+            self._assigned_once = True
+            self._last_message = time.monotonic()
+        log.info(
+            "assigned %s; resuming from ledger offsets %s",
+            ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(assigned)) or "nothing",
+            {p: o for p, o in sorted(stored.items())} or "(none: from the beginning)",
+        )
+
+    async def on_revoked(self, revoked: Any) -> None:
+        async with self._lock:  # waits for the batch in hand to commit
+            for tp in revoked:
+                self._expected.pop((tp.topic, tp.partition), None)
+
+    def _report(self, consumer: Any, rate: float) -> None:
+        lags = []
+        for tp in sorted(consumer.assignment()):
+            high = consumer.highwater(tp)
+            pos = self._expected.get((tp.topic, tp.partition))
+            lag = "?" if high is None or pos is None else str(max(high - pos, 0))
+            lags.append(f"{tp.partition}:{lag}")
+        s = self.stats
+        log.info(
+            "%d events (%.0f/s): %d appended, %d duplicates, %d quarantined; lag %s",
+            s.received,
+            rate,
+            s.appended,
+            s.duplicates,
+            s.quarantined,
+            " ".join(lags) or "-",
+        )
+
+    def _summary(self) -> ConsumeStats:
+        s = self.stats
+        s.seconds = round(time.monotonic() - self._started, 3)
+        s.active_seconds = round(max(self._last_commit - self._first_message, 0.0), 3)
+        s.decode_seconds = round(s.decode_seconds, 3)
+        s.append_seconds = round(s.append_seconds, 3)
+        s.size, head = self.store.head()
+        s.head_hash = head.hex()
+        s.stopped_by = self._stop_reason
+        s.offsets = {str(p): o for p, o in sorted(self.store.offsets(self.settings.topic).items())}
+        return s
+
+
+class _Restart(Exception):
+    """The session must be rebuilt (fatal group error); offsets come from the ledger again."""
+
+
+def _listener(owner: LedgerConsumer) -> Any:
+    """aiokafka rebalance callbacks, routed to the consumer (which serializes them with batches)."""
+    from aiokafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await owner.on_revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            await owner.on_assigned(assigned)
+
+    return Listener()
+
+
+def tune_process() -> None:
+    """Allocation-heavy loops on these VMs pay for page faults and full GC passes: keep freed
+    memory (glibc mallopt, like the MALLOC_*_ settings in PERF-NOTES) and collect rarely
+    (the hot path creates no reference cycles). Only for a process that is the consumer."""
+    gc.set_threshold(50_000, 50, 100)
+    gc.freeze()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 1 << 28)  # M_TOP_PAD
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+
+
+def consume(
+    settings: Settings,
+    until_idle: float | None = None,
+    checkpointer: Checkpointer | None = None,
+    codec: Codec | None = None,
+    store: Store | None = None,
+) -> ConsumeStats:
+    """Run a consumer until SIGINT/SIGTERM (or idle): the `ledger consume` entry point."""
+    tune_process()
+    own = store is None
+    store = store or Store.open(settings.db)
+    try:
+        consumer = LedgerConsumer(
+            store, settings, codec=codec, until_idle=until_idle, checkpointer=checkpointer
+        )
+        return asyncio.run(_run_with_signals(consumer))
+    finally:
+        if own:
+            store.close()
+
+
+async def _run_with_signals(consumer: LedgerConsumer) -> ConsumeStats:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, consumer.request_stop, f"received {sig.name}")
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        return await consumer.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,81 @@
+"""The consumer's generated decoder must agree with `Codec.decode` on every input, good or bad."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from ledger import events
+from ledger.codec import Codec
+from ledger.errors import CodecError
+from ledger.fastdecode import FastDecoder
+from tests import factories as f
+
+
+def _samples() -> list[dict[str, Any]]:
+    return [
+        f.principal("agent:a", display_name="Ä agent ✓", model="m-1"),
+        f.principal("user:alice", kind="human", owner=None),
+        f.retired("agent:a"),
+        f.granted(
+            "d-1",
+            "user:alice",
+            "agent:a",
+            parent="d-0",
+            scopes=["a:b", "c:*"],
+            resources=[],
+            purpose="p",
+        ),
+        f.revoked("d-1", cascade=False),
+        f.credential("c-1", "agent:a", delegation="d-1", expires=None),
+        f.credential_revoked("c-1"),
+        f.decided("dec-1", "agent:a", decision="deny", action="a-1", delegation="d-1"),
+        f.action(
+            "a-1",
+            "agent:a",
+            delegation="d-1",
+            credential_id="c-1",
+            tool="sql",
+            parent="a-0",
+            decision="dec-1",
+            trace_id="t" * 300,
+        ),
+    ]
+
+
+def _outcome(decode: Any, payload: bytes) -> Any:
+    try:
+        return decode(payload)
+    except CodecError as exc:
+        return ("error", str(exc))
+
+
+def test_same_records_as_the_codec_without_falling_back(codec: Codec) -> None:
+    fast = FastDecoder(codec)
+    samples = _samples()
+    payloads = [codec.encode(events.to_record(events.parse_event(ev))) for ev in samples]
+    expected = [codec.decode(p) for p in payloads]
+    fast.codec = None  # type: ignore[assignment]  # any fallback would now fail loudly
+
+    assert [fast.decode(p) for p in payloads] == expected
+    for (record, _), ev in zip(expected, samples, strict=True):
+        assert events.to_json_dict(record) == ev
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_same_verdict_on_damaged_bytes(codec: Codec, seed: int) -> None:
+    rng = random.Random(seed)
+    fast = FastDecoder(codec)
+    for ev in _samples():
+        payload = codec.encode(events.to_record(events.parse_event(ev)))
+        damaged = [payload[:n] for n in range(len(payload))]
+        damaged += [payload + bytes([rng.randrange(256)])]
+        for _ in range(150):
+            b = bytearray(payload)
+            for _ in range(rng.randint(1, 3)):
+                b[rng.randrange(10, len(b))] = rng.randrange(256)
+            damaged.append(bytes(b))
+        for bad in damaged:
+            assert _outcome(fast.decode, bad) == _outcome(codec.decode, bad), bad.hex()

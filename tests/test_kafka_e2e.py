@@ -1,0 +1,79 @@
+"""Crash safety: SIGKILL `ledger consume` at random points of a large ingest, several times."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ledger.broker import EmbeddedBroker
+from ledger.emitter import Emitter
+from ledger.store import Store
+from ledger.verify import verify_store
+from tests import factories as f
+from tests.kafkautil import Stderr
+
+pytestmark = pytest.mark.integration
+
+N_EVENTS = 40_000
+KILLS = 5
+
+
+def _events(n: int) -> list[dict[str, object]]:
+    kinds = [
+        lambda i: f.principal(f"agent:{i}"),
+        lambda i: f.granted(f"d-{i}", "user:alice", f"agent:{i}"),
+        lambda i: f.action(f"a-{i}", f"agent:{i}", delegation=f"d-{i}"),
+        lambda i: f.credential(f"c-{i}", f"agent:{i}", delegation=f"d-{i}"),
+    ]
+    return [kinds[i % 4](i // 4) for i in range(n)]
+
+
+async def _produce(bootstrap: str, topic: str, spool: Path, evs: list[dict[str, object]]) -> None:
+    async with Emitter(bootstrap, topic, spool_path=spool) as em:
+        for ev in evs:
+            key, value = em.prepare(ev)
+            await em.emit_encoded(key, value)
+        assert await em.flush(60)
+
+
+def test_sigkilled_consumer_restarts_to_exactly_once(
+    broker: EmbeddedBroker, tmp_path: Path, db_path: Path
+) -> None:
+    seed = int(os.environ.get("LEDGER_CRASH_SEED", time.time_ns() % 10_000))
+    rng = random.Random(seed)
+    topic = broker.create_topic(f"crash-{seed}-{rng.randrange(1 << 30)}", partitions=4)
+    sent = _events(N_EVENTS)
+    asyncio.run(_produce(broker.bootstrap_servers, topic, tmp_path / "s.spool", sent))
+    cmd = [sys.executable, "-m", "ledger", "consume", "-b", broker.bootstrap_servers,
+           "--topic", topic, "--db", str(db_path), "--until-idle", "2",
+           "--batch-size", "2500"]  # fmt: skip
+    sizes = []
+    for _ in range(KILLS):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        Stderr(proc).wait_for("assigned")
+        time.sleep(rng.uniform(0.0, 0.9))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        with Store.open(db_path) as store:  # replays the WAL the killed writer left
+            sizes.append(store.size())
+
+    final = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+    assert final.returncode == 0, final.stderr
+    assert sizes[-1] < N_EVENTS or sizes[0] < N_EVENTS, f"no kill hit the ingest: {sizes}"
+    with Store.open(db_path, read_only=True) as store:
+        ids = [r[0] for r in store.con.execute("SELECT event_id FROM entries").fetchall()]
+        assert len(ids) == N_EVENTS, f"seed {seed}, sizes after kills {sizes}"
+        assert set(ids) == {e["event_id"] for e in sent}
+        assert store.counts()["quarantined"] == 0
+        assert sum(store.offsets(topic).values()) == N_EVENTS
+        report = verify_store(store)
+        assert report.ok, report.reason

@@ -1,0 +1,62 @@
+"""The schemas producers read (top-level schemas/) are the ones the wheel ships and decodes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOP = ROOT / "schemas"
+SHIPPED = ROOT / "ledger" / "schemas"
+
+
+def avsc_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.avsc"))}
+
+
+def test_shipped_schemas_match_top_level_byte_for_byte() -> None:
+    top, shipped = avsc_files(TOP), avsc_files(SHIPPED)
+    assert "audit_event.avsc" in top
+    assert top == shipped
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_schema(tmp_path: Path) -> None:
+    """Build the wheel from a copy of the sources (the work tree stays untouched)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("LICENSE", "LICENSE.txt"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, src / name)
+    shutil.copytree(
+        ROOT / "ledger", src / "ledger", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    out = tmp_path / "dist"
+    build = (
+        "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", build, str(out)],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = out / done.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        assert zf.read("ledger/schemas/audit_event.avsc") == (TOP / "audit_event.avsc").read_bytes()
+        for rel, data in avsc_files(TOP).items():
+            assert zf.read(f"ledger/schemas/{rel}") == data
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        assert "ledger = ledger.cli:main" in zf.read(entry_points).decode()
+    assert "ledger/py.typed" in names

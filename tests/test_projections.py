@@ -1,0 +1,132 @@
+"""Projections are a cache of `entries`: same transaction as the append, rebuildable exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from ledger.errors import StoreError
+from ledger.projections import TABLE_NAMES, Projections, projected_size, rebuild
+from ledger.queries import Ledger
+from ledger.store import Store
+from tests import factories as f
+from tests.test_rules import build, scenario
+
+
+def _answers(db: Path) -> dict[str, Any]:
+    with Ledger.open(db) as ledger:
+        return {
+            "violations": [v.to_dict() for v in ledger.violations()],
+            "traces": [ledger.trace(a).to_dict() for a in ("cv1", "km1", "dd2", "nd1")],
+            "blast": ledger.blast_radius(delegation="c1").to_dict() | {"at": None},
+            "blast_p": ledger.blast_radius(principal="agent:a").to_dict() | {"at": None},
+            "inventory": [i.to_dict() for i in ledger.inventory(at=f.T0)],
+            "tables": {
+                t: ledger.sql(f"SELECT * FROM {t} ORDER BY seq").to_dict() for t in TABLE_NAMES
+            },
+        }
+
+
+def test_one_row_per_event_in_its_table(db_path: Path) -> None:
+    events = [
+        f.principal("user:alice", kind="human"),
+        f.principal("agent:a"),
+        f.retired("agent:a", minutes=50),
+        f.granted("d1", "user:alice", "agent:a", scopes=["crm:read", "crm:write"]),
+        f.revoked("d1", cascade=False, minutes=40),
+        f.credential("k1", "agent:a", "d1", expires=None),
+        f.credential_revoked("k1", minutes=5),
+        f.decided("x1", "agent:a", "deny", action="a1"),
+        f.action("a1", "agent:a", "d1", tool="http"),
+    ]
+    build(db_path, events)
+    with Store.open(db_path, read_only=True) as store:
+        con = store.con
+        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLE_NAMES}
+        assert counts == dict.fromkeys(TABLE_NAMES, 1) | {"principals": 2}
+        row = con.execute(
+            "SELECT delegation_id, scopes, not_before, expires_at, may_redelegate, seq "
+            "FROM delegations"
+        ).fetchone()
+        assert row[0] == "d1" and row[1] == ["crm:read", "crm:write"] and row[4] is True
+        assert row[2] == f.T0 and (row[3] - row[2]).total_seconds() == 3600
+        assert row[5] == 3
+        assert con.execute("SELECT cascade FROM revocations").fetchone()[0] is False
+        assert con.execute("SELECT expires_at FROM credentials").fetchone()[0] is None
+        assert projected_size(con) == len(events)
+
+
+def test_a_failed_append_leaves_no_projection_rows(db_path: Path) -> None:
+    build(db_path, [f.principal("agent:a")])
+
+    class Boom:
+        name = "boom"
+
+        def create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+            pass
+
+        def on_append(self, con: duckdb.DuckDBPyConnection, entries: Any) -> None:
+            raise duckdb.Error("boom")
+
+    import ledger.store as store_mod
+
+    original = store_mod.extensions
+    store_mod.extensions = lambda: (Projections(), Boom())  # type: ignore[assignment]
+    try:
+        with pytest.raises(StoreError):
+            build(db_path, [f.principal("agent:b"), f.action("a1", "agent:b")])
+    finally:
+        store_mod.extensions = original
+    with Store.open(db_path, read_only=True) as store:
+        assert store.con.execute("SELECT count(*) FROM principals").fetchone()[0] == 1
+        assert store.con.execute("SELECT count(*) FROM actions").fetchone()[0] == 0
+        assert projected_size(store.con) == store.size() == 1
+
+
+def test_rebuild_gives_identical_answers(tmp_path: Path) -> None:
+    events, _ = scenario()
+    db = build(tmp_path / "l.duckdb", events, batch_size=37)
+    before = _answers(db)
+    with Store.open(db) as store:
+        assert rebuild(store, batch_size=100) == len(events)
+    assert _answers(db) == before
+    with Store.open(db) as store:
+        for table in TABLE_NAMES:
+            store.con.execute(f"DROP TABLE {table}")
+    with pytest.raises(StoreError, match="rebuild"):
+        Ledger.open(db)
+    with Store.open(db) as store:
+        rebuild(store)
+    assert _answers(db) == before
+
+
+def test_stale_projections_are_refused_not_silently_wrong(db_path: Path) -> None:
+    build(db_path, [f.principal("agent:a"), f.action("a1", "agent:a")])
+    with Store.open(db_path) as store:
+        store.con.execute("UPDATE projection_meta SET value = 1")
+    with pytest.raises(StoreError, match="cover 1 of 2 entries"):
+        Ledger.open(db_path)
+
+
+def test_rebuild_needs_write_access(db_path: Path) -> None:
+    build(db_path, [f.principal("agent:a")])
+    with Store.open(db_path, read_only=True) as store, pytest.raises(StoreError):
+        rebuild(store)
+
+
+def test_a_dropped_table_stays_stale_after_more_appends(db_path: Path) -> None:
+    build(db_path, [f.principal("agent:a"), f.action("a1", "agent:a")])
+    with Store.open(db_path) as store:
+        store.con.execute("DROP TABLE actions")
+    build(db_path, [f.action("a2", "agent:a")])  # recreates an empty `actions`, appends
+    with pytest.raises(StoreError, match="rebuild"):
+        Ledger.open(db_path)
+    with Store.open(db_path) as store:
+        rebuild(store)
+    with Ledger.open(db_path) as ledger:
+        assert [
+            r["action_id"] for r in ledger.sql("SELECT action_id FROM actions ORDER BY 1").to_dict()
+        ] == ["a1", "a2"]

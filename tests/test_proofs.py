@@ -1,0 +1,117 @@
+"""Proof bundles built from a Store check out with an independent verifier."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger import checkpoint as ckpt
+from ledger import merkle, proofcheck, proofs
+from ledger.checkpoint import Signer
+from ledger.errors import ConfigError, NotFoundError, VerificationError
+from ledger.store import Store
+from tests.test_treestore import incoming, leaves
+
+INCLUSION_KEYS = {"event_id", "seq", "payload_b64", "prev_hash", "leaf_hash", "tree_size",
+                  "audit_path", "root_hash", "checkpoint", "public_key"}  # fmt: skip
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer.generate("example.org/keys")
+
+
+@pytest.fixture
+def store(db_path: Path, signer: Signer) -> Iterator[Store]:
+    """40 entries, checkpoints at 25 and 40."""
+    events = incoming(45)
+    s = Store.open(db_path)
+    s.append(events[:25])
+    ckpt.create(s, signer, "example.org/ledger")
+    s.append(events[25:40])
+    ckpt.create(s, signer, "example.org/ledger")
+    s.events = events  # type: ignore[attr-defined]
+    yield s
+    s.close()
+
+
+def test_inclusion_bundle_against_the_latest_covering_checkpoint(
+    store: Store, signer: Signer
+) -> None:
+    ev = store.events[7]  # type: ignore[attr-defined]
+    b = proofs.inclusion_bundle(store, ev.event_id)
+    assert set(b) == INCLUSION_KEYS
+    assert (b["seq"], b["tree_size"], b["public_key"]) == (7, 40, signer.verifier.text)
+    assert base64.b64decode(b["payload_b64"]) == ev.payload
+    all_leaves = leaves(store)
+    assert b["leaf_hash"] == all_leaves[7].hex()
+    assert b["root_hash"] == merkle.root(all_leaves).hex()
+    path = [bytes.fromhex(h) for h in b["audit_path"]]
+    merkle.verify_inclusion(7, 40, all_leaves[7], path, bytes.fromhex(b["root_hash"]))
+    assert ckpt.open_checkpoint(b["checkpoint"], signer.verifier).size == 40
+    result = proofcheck.check_bundle(b, signer.verifier.text)
+    assert result.kind == "inclusion" and result.pinned
+
+
+def test_inclusion_bundle_against_a_given_checkpoint(store: Store, signer: Signer) -> None:
+    note25 = ckpt.stored(store.con)[0].note
+    b = proofs.inclusion_bundle(store, store.events[3].event_id, checkpoint_note=note25)  # type: ignore[attr-defined]
+    assert (b["tree_size"], b["checkpoint"]) == (25, note25)
+    proofcheck.check_bundle(b, signer.verifier.text)
+    with pytest.raises(NotFoundError, match=r"covers 25 entries; event .* is seq 30"):
+        proofs.inclusion_bundle(store, store.events[30].event_id, checkpoint_note=note25)  # type: ignore[attr-defined]
+    stranger = Signer.generate()
+    with pytest.raises(VerificationError, match="not signed by"):
+        proofs.inclusion_bundle(
+            store,
+            store.events[3].event_id,
+            checkpoint_note=note25,
+            public_key=stranger.verifier,  # type: ignore[attr-defined]
+        )
+
+
+def test_no_covering_checkpoint_is_required_or_signed(store: Store, signer: Signer) -> None:
+    events = store.events  # type: ignore[attr-defined]
+    store.append(events[40:45])
+    with pytest.raises(NotFoundError, match=r"no checkpoint covers seq 42 \(the latest covers 40"):
+        proofs.inclusion_bundle(store, events[42].event_id)
+    b = proofs.inclusion_bundle(store, events[42].event_id, signer=signer, origin="example.org/x")
+    assert b["tree_size"] == 45
+    assert [r.size for r in ckpt.stored(store.con)] == [25, 40, 45]
+    proofcheck.check_bundle(b, signer.verifier.text)
+    with pytest.raises(NotFoundError, match="no event 'nope'"):
+        proofs.inclusion_bundle(store, "nope")
+
+
+def test_consistency_bundle(store: Store, signer: Signer) -> None:
+    b = proofs.consistency_bundle(store, 25)
+    assert (b["old_size"], b["new_size"]) == (25, 40)
+    all_leaves = leaves(store)
+    assert b["proof"] == [h.hex() for h in merkle.consistency_proof(all_leaves, 25, 40)]
+    assert b["old_root"] == merkle.root(all_leaves[:25]).hex()
+    merkle.verify_consistency(
+        25,
+        40,
+        merkle.root(all_leaves[:25]),
+        merkle.root(all_leaves),
+        [bytes.fromhex(h) for h in b["proof"]],
+    )
+    assert proofcheck.check_bundle(b, signer.verifier.text).kind == "consistency"
+    assert proofs.consistency_bundle(store, 25, 25)["proof"] == []
+    with pytest.raises(NotFoundError, match="no stored checkpoint of size 30 \\(sizes: 25, 40\\)"):
+        proofs.consistency_bundle(store, 30)
+    with pytest.raises(ConfigError, match="smaller"):
+        proofs.consistency_bundle(store, 40, 25)
+
+
+def test_a_rewritten_ledger_gets_no_proof(store: Store) -> None:
+    store.con.execute("UPDATE merkle_head SET root = ?", [bytes(32)])
+    store.con.execute(
+        "UPDATE merkle_nodes SET hash = ? WHERE node = (SELECT min(node) FROM merkle_nodes)",
+        [bytes(32)],
+    )
+    with pytest.raises(VerificationError, match="root at size 25 differs"):
+        proofs.consistency_bundle(store, 25)

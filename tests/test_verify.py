@@ -1,0 +1,342 @@
+"""verify: recompute the chain from the bytes; any tampering fails at the right seq."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import duckdb
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ledger.verify as verify_module
+from bench.generate import generate
+from ledger import events
+from ledger.codec import Codec, default_codec
+from ledger.ingest import ingest
+from ledger.store import Incoming, Store
+from ledger.verify import verify_store
+from tests import factories as f
+from tests.test_codec import OLD_DATUM, older_schema, write_with
+
+N = 13
+BATCHES = [3, 5, 32_768]  # the verify batch size: tampering at and across batch boundaries
+
+
+def lines(evs: list[dict[str, Any]], name: str = "gen.jsonl") -> Iterator[tuple[str, bytes]]:
+    import json
+
+    for i, ev in enumerate(evs, 1):
+        yield f"file:{name}:{i}", json.dumps(ev).encode()
+
+
+@pytest.fixture(scope="module")
+def base_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ledger of N entries appended in three transactions, with long and non-ASCII ids."""
+    path = tmp_path_factory.mktemp("base") / "ledger.duckdb"
+    evs = list(generate(N - 2, seed=5))
+    evs.append(f.principal("agent:" + "ü" * 40, event_id="é" * 70))  # >= 64 bytes: exact path
+    evs.append(f.action("a-long", "agent:x", event_id="x" * 64, minutes=-(10**6)))
+    with Store.open(path) as store:
+        ingest(store, lines(evs), batch_size=5)
+    return path
+
+
+def tampered(base: Path, tmp: Path, change: Callable[[duckdb.DuckDBPyConnection], None]) -> Path:
+    path = tmp / f"copy-{next(_copies)}.duckdb"
+    shutil.copy(base, path)
+    con = duckdb.connect(str(path))
+    change(con)
+    con.close()
+    return path
+
+
+_copies = iter(range(10**9))
+
+
+def run_verify(path: Path, batch_rows: int = 32_768, codec: Codec | None = None) -> Any:
+    with (
+        mock.patch.object(verify_module, "BATCH_ROWS", batch_rows),
+        Store.open(path, read_only=True) as store,
+    ):
+        return verify_store(store, codec=codec)
+
+
+def row(con: duckdb.DuckDBPyConnection, seq: int) -> dict[str, Any]:
+    cur = con.execute("SELECT * FROM entries WHERE seq = ?", [seq])
+    names = [d[0] for d in cur.description]
+    return dict(zip(names, cur.fetchall()[0], strict=True))
+
+
+def set_row(con: duckdb.DuckDBPyConnection, seq: int, values: dict[str, Any]) -> None:
+    cols = [c for c in values if c != "seq"]
+    con.execute(
+        f"UPDATE entries SET {', '.join(f'{c} = ?' for c in cols)} WHERE seq = ?",
+        [values[c] for c in cols] + [seq],
+    )
+
+
+def test_intact_ledger_verifies(base_ledger: Path) -> None:
+    for batch in BATCHES:
+        report = run_verify(base_ledger, batch)
+        assert report.ok, report.reason
+        assert report.size == N
+        assert report.bad_seq is None
+        with Store.open(base_ledger, read_only=True) as store:
+            assert report.head_hash == store.head()[1].hex()
+
+
+def test_empty_ledger_verifies_as_empty(db_path: Path) -> None:
+    Store.open(db_path).close()
+    report = run_verify(db_path)
+    assert report.ok and report.empty and report.size == 0
+    assert report.head_hash == bytes(32).hex()
+
+
+def test_independent_reimplementation_agrees_on_every_row(tmp_path: Path) -> None:
+    """An auditor's own code, reading `entries` with plain DuckDB, gets the stored hashes."""
+    path = tmp_path / "ledger.duckdb"
+    with Store.open(path) as store:
+        ingest(store, lines(list(generate(400, seed=9))), batch_size=150)
+    con = duckdb.connect(str(path), read_only=True)
+    rows = con.execute(
+        "SELECT seq, payload, prev_hash, entry_hash FROM entries ORDER BY seq"
+    ).fetchall()
+    con.close()
+    assert [r[0] for r in rows] == list(range(400))
+    prev = b"\x00" * 32
+    for seq, payload, prev_hash, entry_hash in rows:
+        assert prev_hash == prev
+        assert (
+            entry_hash
+            == hashlib.sha256(bytes([0]) + seq.to_bytes(8, "big") + prev + payload).digest()
+        )
+        prev = entry_hash
+    assert run_verify(path).ok
+
+
+_SETTINGS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@_SETTINGS
+@given(
+    column=st.sampled_from(["payload", "prev_hash", "entry_hash"]),
+    seq=st.integers(0, N - 1),
+    where=st.integers(0, 10**6),
+    bit=st.integers(0, 7),
+    batch=st.sampled_from(BATCHES),
+)
+def test_flipping_any_byte_fails_at_that_seq(
+    base_ledger: Path, tmp_path: Path, column: str, seq: int, where: int, bit: int, batch: int
+) -> None:
+    def change(con: duckdb.DuckDBPyConnection) -> None:
+        value = bytearray(row(con, seq)[column])
+        value[where % len(value)] ^= 1 << bit
+        set_row(con, seq, {column: bytes(value)})
+
+    report = run_verify(tampered(base_ledger, tmp_path, change), batch)
+    assert not report.ok
+    assert report.bad_seq == seq, report.reason
+
+
+@_SETTINGS
+@given(seq=st.integers(0, N - 1), batch=st.sampled_from(BATCHES))
+def test_deleting_any_row_fails_at_that_seq(
+    base_ledger: Path, tmp_path: Path, seq: int, batch: int
+) -> None:
+    path = tampered(
+        base_ledger, tmp_path, lambda con: con.execute(f"DELETE FROM entries WHERE seq = {seq}")
+    )
+    report = run_verify(path, batch)
+    assert not report.ok
+    assert report.bad_seq == seq, report.reason
+    assert "missing" in str(report.reason)
+
+
+@_SETTINGS
+@given(
+    pair=st.lists(st.integers(0, N - 1), min_size=2, max_size=2, unique=True),
+    batch=st.sampled_from(BATCHES),
+)
+def test_swapping_two_rows_fails_at_the_first(
+    base_ledger: Path, tmp_path: Path, pair: list[int], batch: int
+) -> None:
+    i, j = sorted(pair)
+
+    def change(con: duckdb.DuckDBPyConnection) -> None:
+        a, b = row(con, i), row(con, j)
+        set_row(con, i, b)
+        set_row(con, j, a)
+
+    report = run_verify(tampered(base_ledger, tmp_path, change), batch)
+    assert not report.ok
+    assert report.bad_seq == i, report.reason
+
+
+@_SETTINGS
+@given(
+    column=st.sampled_from(["event_id", "type", "occurred_at"]),
+    seq=st.integers(0, N - 1),
+    batch=st.sampled_from(BATCHES),
+)
+def test_row_columns_must_agree_with_the_payload(
+    base_ledger: Path, tmp_path: Path, column: str, seq: int, batch: int
+) -> None:
+    """event_id, type and occurred_at are not hashed: they are checked against the payload."""
+    expr = {
+        "event_id": "event_id || 'x'",
+        "type": "CASE WHEN type = 'action.performed' THEN 'policy.decided' "
+        "ELSE 'action.performed' END",
+        "occurred_at": "occurred_at + INTERVAL 1 MICROSECOND",
+    }[column]
+    path = tampered(
+        base_ledger,
+        tmp_path,
+        lambda con: con.execute(f"UPDATE entries SET {column} = {expr} WHERE seq = {seq}"),
+    )
+    report = run_verify(path, batch)
+    assert not report.ok
+    assert report.bad_seq == seq
+    assert "disagrees with payload" in str(report.reason)
+
+
+def _append_raw(con: duckdb.DuckDBPyConnection, payload: bytes, event_id: str) -> int:
+    """Append a correctly chained row behind the ledger's back, as a forger would."""
+    size, head = con.execute(
+        "SELECT count(*), (SELECT entry_hash FROM entries ORDER BY seq DESC LIMIT 1) FROM entries"
+    ).fetchall()[0]
+    ehash = hashlib.sha256(b"\0" + size.to_bytes(8, "big") + head + payload).digest()
+    con.execute(
+        "INSERT INTO entries SELECT ?, ?, type, occurred_at, now(), ?, ?, ?, 'forged' "
+        "FROM entries WHERE seq = 0",
+        [size, event_id, payload, head, ehash],
+    )
+    con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'head_size'", [str(size + 1)])
+    con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'head_hash'", [ehash.hex()])
+    return int(size)
+
+
+def test_a_repeated_event_id_fails_at_the_repeat(base_ledger: Path, tmp_path: Path) -> None:
+    forged: list[int] = []
+
+    def change(con: duckdb.DuckDBPyConnection) -> None:
+        first = row(con, 0)
+        forged.append(_append_raw(con, first["payload"], first["event_id"]))
+
+    report = run_verify(tampered(base_ledger, tmp_path, change), 3)
+    assert not report.ok
+    assert report.bad_seq == forged[0] == N
+    assert "recorded twice" in str(report.reason)
+
+
+def test_rows_the_ledger_did_not_write(base_ledger: Path, tmp_path: Path) -> None:
+    """A well-formed, correctly chained row that the ledger's recorded head does not cover."""
+    ev = f.action("a-forged", "agent:x", event_id="forged-1")
+    record = events.to_record(events.parse_event(ev))
+    payload = default_codec().encode(record)
+
+    def change(con: duckdb.DuckDBPyConnection) -> None:
+        size = _append_raw(con, payload, "forged-1")
+        con.execute(
+            "UPDATE entries SET type = ?, occurred_at = make_timestamptz(?) WHERE seq = ?",
+            [record["type"], record["occurred_at"], size],
+        )
+        con.execute("UPDATE ledger_meta SET value = ? WHERE key = 'head_size'", [str(size)])
+
+    report = run_verify(tampered(base_ledger, tmp_path, change))
+    assert (report.ok, report.bad_seq) == (False, N)
+    assert "not written by the ledger" in str(report.reason)
+
+
+def test_null_column_is_reported(base_ledger: Path, tmp_path: Path) -> None:
+    def change(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("ALTER TABLE entries ALTER payload DROP NOT NULL")
+        con.execute("UPDATE entries SET payload = NULL WHERE seq = 4")
+
+    report = run_verify(tampered(base_ledger, tmp_path, change), 3)
+    assert (report.ok, report.bad_seq, report.reason) == (False, 4, "payload is NULL")
+
+
+def test_truncated_hash_column_is_reported(base_ledger: Path, tmp_path: Path) -> None:
+    def change(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("UPDATE entries SET prev_hash = prev_hash[:31] WHERE seq = 6")
+
+    report = run_verify(tampered(base_ledger, tmp_path, change), 5)
+    assert (report.ok, report.bad_seq) == (False, 6)
+    assert "prev_hash" in str(report.reason)
+
+
+def test_entries_written_with_an_older_schema(tmp_path: Path) -> None:
+    """Rows whose payload has another registered fingerprint take the exact path and pass."""
+    payload = write_with(older_schema(), OLD_DATUM)
+    codec = Codec(extra_writer_schemas=[older_schema()])
+    record, _ = codec.decode(payload)
+    path = tmp_path / "ledger.duckdb"
+    with Store.open(path) as store:
+        store.append(
+            [Incoming("old-1", record["type"], record["occurred_at"], payload, "s", record)]
+        )
+        ingest(store, lines([f.action("a-1", "agent:x")]))
+    assert run_verify(path, codec=codec).ok
+    report = run_verify(path, codec=default_codec())
+    assert (report.ok, report.bad_seq) == (False, 0)
+    assert "unknown schema fingerprint" in str(report.reason)
+
+
+def test_progress_is_reported(base_ledger: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    with (
+        mock.patch.object(verify_module, "BATCH_ROWS", 5),
+        Store.open(base_ledger, read_only=True) as store,
+    ):
+        assert verify_store(store, progress=lambda done, total: seen.append((done, total))).ok
+    assert seen[-1] == (N, N)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_report_as_dict(base_ledger: Path) -> None:
+    report = run_verify(base_ledger).to_dict()
+    assert report["ok"] is True
+    assert report["size"] == N
+    assert "entry hashes" in report["checks"]
+
+
+def _batches(path: Path, rows: int) -> list[Any]:
+    with Store.open(path, read_only=True) as store:
+        table = store.con.sql(
+            "SELECT seq, event_id, type, epoch_us(occurred_at), payload, prev_hash, entry_hash "
+            "FROM entries ORDER BY seq"
+        ).to_arrow_table()
+    return table.to_batches(max_chunksize=rows)
+
+
+def test_read_ahead_hands_reader_errors_to_the_caller(base_ledger: Path) -> None:
+    batches = _batches(base_ledger, 4)
+
+    def failing() -> Iterator[Any]:
+        yield batches[0]
+        raise RuntimeError("disk gone")
+
+    got = []
+    with (
+        pytest.raises(RuntimeError, match="disk gone"),
+        verify_module._ReadAhead(failing(), default_codec().header) as items,
+    ):
+        for batch, joined, ok in items:
+            got.append(batch.num_rows)
+            assert joined is not None and ok is not None and ok.all()
+    assert got == [4]
+
+
+def test_read_ahead_stops_when_the_caller_stops(base_ledger: Path) -> None:
+    batches = _batches(base_ledger, 1) * 50
+    with verify_module._ReadAhead(iter(batches), default_codec().header) as items:
+        first = next(items)
+    assert first[0].num_rows == 1  # leaving the block did not wait for the other 649 batches
