@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger import merkle, treestore
+from ledger.config import Settings
 from ledger.errors import ConfigError, StoreError, VerificationError
 from ledger.store import Store
 
@@ -397,6 +398,14 @@ class Checkpointer:
         self._last_size: int | None = None
         self._last_time = clock()
         self.made = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, every_entries: int, every_seconds: float
+    ) -> Checkpointer:
+        """The consumer's checkpointer from `LEDGER_KEY` / `LEDGER_ORIGIN` (or their flags)."""
+        signer, origin = resolve(settings.key, settings.origin, settings.db)
+        return cls(signer, origin, every_entries, every_seconds)
 
     def maybe_checkpoint(self, store: Store, idle: bool = False) -> Checkpoint | None:
         """A new checkpoint if one is due, else None. `idle` only documents the caller's state:

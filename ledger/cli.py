@@ -298,17 +298,9 @@ def schema_fingerprint(as_json: bool) -> None:
 
 def _register_commands() -> None:
     """Attach the command modules; each keeps its own concern (stream, investigate, audit)."""
-    import importlib
+    from ledger import cli_audit, cli_demo, cli_investigate, cli_stream
 
-    for name in (
-        "ledger.cli_stream", "ledger.cli_investigate", "ledger.cli_audit", "ledger.cli_demo"
-    ):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in (cli_stream, cli_investigate, cli_audit, cli_demo):
         for command in module.COMMANDS:
             cli.add_command(command)
 

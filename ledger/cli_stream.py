@@ -132,6 +132,34 @@ def emit(
     default=None,
     help="Most events per transaction. Env: LEDGER_BATCH_SIZE. [default: 10000]",
 )
+@click.option(
+    "--key",
+    default=None,
+    metavar="FILE",
+    help="Sign checkpoints on the way with this private key. Env: LEDGER_KEY.",
+)
+@click.option(
+    "--origin",
+    default=None,
+    metavar="NAME",
+    help="Checkpoint origin. Env: LEDGER_ORIGIN. [default: agent-ledger/<db stem>]",
+)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=10_000,
+    show_default=True,
+    metavar="N",
+    help="With --key: checkpoint after N new entries (0 = off).",
+)
+@click.option(
+    "--checkpoint-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --key: checkpoint pending entries after SECONDS, idle or not (0 = off).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Also log the Kafka client's own messages.")
 @json_option
 def consume(
@@ -142,6 +170,10 @@ def consume(
     db: str,
     until_idle: float | None,
     batch_size: int | None,
+    key: str | None,
+    origin: str | None,
+    checkpoint_every: int,
+    checkpoint_interval: float,
     verbose: bool,
     as_json: bool,
 ) -> int:
@@ -158,18 +190,26 @@ def consume(
     Examples:
       ledger consume -b localhost:9092 --db audit.duckdb
       ledger consume --until-idle 5 && ledger verify
+      ledger consume --key keys/ledger.key --checkpoint-every 50000
       LEDGER_BOOTSTRAP_SERVERS=kafka:9093 LEDGER_SECURITY_PROTOCOL=SASL_SSL ledger consume
 
     Exit: 0 stopped by signal or idle, 1 error.
     """
+    from ledger.checkpoint import Checkpointer
     from ledger.config import load
     from ledger.consumer import consume as run_consume
 
     _logging(verbose)
     settings = load(
-        bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db, batch_size=batch_size
+        bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db, batch_size=batch_size,
+        key=key, origin=origin,
+    )  # fmt: skip
+    checkpointer = (
+        Checkpointer.from_settings(settings, checkpoint_every, checkpoint_interval)
+        if settings.key
+        else None
     )
-    stats = run_consume(settings, until_idle=until_idle)
+    stats = run_consume(settings, until_idle=until_idle, checkpointer=checkpointer)
     if as_json:
         echo_json(stats.to_dict())
     else:

@@ -30,7 +30,7 @@ from ledger import events
 from ledger.builders import EventBuilders, partition_key, uuid7
 from ledger.codec import Codec, default_codec
 from ledger.config import Settings, load
-from ledger.errors import BrokerError, LedgerError
+from ledger.errors import BrokerError, LedgerError, SpoolFullError
 from ledger.spool import Message, Spool
 
 __all__ = ["Emitter", "EventLike", "SyncEmitter", "default_spool_path", "partition_key", "uuid7"]
@@ -136,7 +136,12 @@ class Emitter(EventBuilders[Awaitable[str]]):
         self._kick()
         task, self._task = self._task, None
         await task
-        self._spill_buffer()
+        try:
+            self._spill_buffer(must=True)
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
         if self._producer is not None:
             try:
                 await asyncio.wait_for(self._producer.stop(), 5)
@@ -217,8 +222,11 @@ class Emitter(EventBuilders[Awaitable[str]]):
         assert spool is not None
         with self._cond:
             if spool.unsent or (self._down and not self._flight):
-                spool.append([msg])
-                self.spooled += 1
+                # Queued messages are older than `msg`: they go first, all or none, so a full
+                # spool raises here, to the caller, without reordering or dropping anything.
+                spool.append([*self._buf, msg])
+                self.spooled += len(self._buf) + 1
+                self._buf.clear()
                 return True
             if len(self._buf) >= self.buffer_size:
                 if not spill:
@@ -256,13 +264,35 @@ class Emitter(EventBuilders[Awaitable[str]]):
         else:
             loop.call_soon_threadsafe(wake.set)
 
-    def _spill_buffer(self) -> None:
+    def _spill_buffer(self, *, must: bool = False) -> None:
+        """Move the queue, oldest first, to the spool, as much of it as fits. What does not fit
+        stays in memory: the next `emit` raises `SpoolFullError`, and so does `close()` (`must`)
+        with the count of events it could neither deliver nor spool."""
         assert self._spool is not None
         with self._cond:
-            if self._buf:
+            if not self._buf:
+                return
+            try:
                 self._spool.append(list(self._buf))
                 self.spooled += len(self._buf)
                 self._buf.clear()
+                return
+            except SpoolFullError:
+                while self._buf:
+                    try:
+                        self._spool.append([self._buf[0]])
+                    except SpoolFullError:
+                        break
+                    self._buf.popleft()
+                    self.spooled += 1
+            left = len(self._buf)
+        if must:
+            raise SpoolFullError(
+                f"spool {self.spool_path} is full and Kafka is unreachable: {left} event(s) "
+                "already emitted could be neither delivered nor spooled",
+                unsent=left,
+            )
+        log.warning("spool %s is full: %d events wait in memory", self.spool_path, left)
 
     # -- the sender task -------------------------------------------------------------------
 

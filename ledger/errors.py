@@ -38,4 +38,11 @@ class BrokerError(LedgerError):
 
 
 class SpoolFullError(LedgerError):
-    """The emitter's on-disk spool reached its size limit; events would otherwise be dropped."""
+    """The emitter's on-disk spool reached its size limit; events would otherwise be dropped.
+
+    `unsent` counts events the caller had already handed over that are neither delivered nor
+    spooled (raised by `close()`): they are reported, never dropped silently."""
+
+    def __init__(self, message: str, unsent: int = 0) -> None:
+        super().__init__(message)
+        self.unsent = unsent

@@ -173,6 +173,10 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"cannot open ledger {path}: {_first_line(exc)}") from exc
         con.execute("SET TimeZone = 'UTC'")
+        # DuckDB's own progress bar writes to stdout (it would corrupt `--json`); inside Jupyter
+        # without ipywidgets it refuses the setting, and there it is not drawn anyway.
+        with contextlib.suppress(duckdb.Error):
+            con.execute("SET enable_progress_bar = false")
         store = cls(con, path, read_only)
         if read_only:
             store._check_format()

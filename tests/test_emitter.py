@@ -165,12 +165,18 @@ def test_spool_survives_a_restart_and_is_resent_first(
 def test_full_spool_raises_to_the_caller_instead_of_dropping(spool_path: Path) -> None:
     closed = f"127.0.0.1:{free_port()}"
     accepted = 0
-    with (
-        SyncEmitter(closed, "t", spool_path=spool_path, spool_max_bytes=20_000) as em,
-        pytest.raises(SpoolFullError, match="full"),
-    ):
+    em = SyncEmitter(closed, "t", spool_path=spool_path, spool_max_bytes=20_000).start()
+    with pytest.raises(SpoolFullError, match="full"):
         for ev in _actions(1000, keys=2):
             em.emit(ev)
             accepted += 1
     assert 0 < accepted < 1000
-    assert em.counters["spooled"] == accepted
+    # Events accepted before the broker was known to be down may still be queued in memory;
+    # close() spools what fits and raises for the rest: every one is spooled or reported.
+    try:
+        em.close()
+        unsent = 0
+    except SpoolFullError as exc:
+        unsent = exc.unsent
+    assert em.counters["spooled"] + unsent == accepted
+    assert em.counters["spooled"] > 0

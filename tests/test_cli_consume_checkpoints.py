@@ -1,0 +1,65 @@
+"""`ledger consume --key`: the consumer signs checkpoints on its own, by count and when idle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ledger.broker import EmbeddedBroker
+from ledger.checkpoint import stored, write_keypair
+from ledger.cli import cli
+from ledger.codec import default_codec
+from ledger.store import Store
+from tests import factories as f
+from tests.kafkautil import produce
+
+
+def encoded(events: list[dict[str, object]]) -> list[bytes]:
+    from ledger.events import parse_event, to_record
+
+    return [default_codec().encode(to_record(parse_event(e))) for e in events]
+
+
+pytestmark = pytest.mark.integration
+
+
+def test_consumer_checkpoints_every_n_and_when_idle(
+    broker: EmbeddedBroker, topic: str, tmp_path: Path, db_path: Path
+) -> None:
+    key, vkey = write_keypair(tmp_path / "keys")
+    produce(
+        broker.bootstrap_servers, topic, encoded([f.principal(f"agent:{i}") for i in range(250)])
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "consume", "-b", broker.bootstrap_servers,
+         "--topic", topic, "--db", str(db_path), "--until-idle", "3", "--batch-size", "50",
+         "--key", str(key), "--checkpoint-every", "100", "--checkpoint-interval", "1"],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Store.open(db_path, read_only=True) as store:
+        sizes = [cp.size for cp in stored(store.con)]
+    assert len(sizes) >= 2, sizes  # at least one by count on the way, one for the idle rest
+    assert sizes == sorted(sizes) and sizes[-1] == 250  # the idle tail got checkpointed too
+    verified = CliRunner().invoke(cli, ["verify", "--db", str(db_path), "--public-key", str(vkey)])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_consume_without_key_makes_no_checkpoint(
+    broker: EmbeddedBroker, topic: str, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGER_KEY", raising=False)
+    produce(broker.bootstrap_servers, topic, encoded([f.principal("agent:x")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "consume", "-b", broker.bootstrap_servers,
+         "--topic", topic, "--db", str(db_path), "--until-idle", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Store.open(db_path, read_only=True) as store:
+        assert stored(store.con) == []
+        assert store.size() == 1
