@@ -54,11 +54,12 @@ def released_schemas() -> list[dict[str, Any]]:
     ]
 
 
-def _strip_logical(schema: Any) -> Any:
+def strip_logical(schema: Any) -> Any:
+    """The schema without logicalType annotations: timestamps read as plain int micros."""
     if isinstance(schema, dict):
-        return {k: _strip_logical(v) for k, v in schema.items() if k != "logicalType"}
+        return {k: strip_logical(v) for k, v in schema.items() if k != "logicalType"}
     if isinstance(schema, list):
-        return [_strip_logical(s) for s in schema]
+        return [strip_logical(s) for s in schema]
     return schema
 
 
@@ -162,7 +163,7 @@ class _EncoderSource:
             self.value(schema["items"], item, d + 2, ns)
             self.emit(d, "out += b'\\x00'")
         elif kind == "record":
-            ns = _full_name(schema, ns).rpartition(".")[0]
+            ns = full_name(schema, ns).rpartition(".")[0]
             self.emit(d, f"if type({x}) is not dict: raise U")
             for field in schema["fields"]:
                 f = self.var("f")
@@ -184,7 +185,7 @@ class _EncoderSource:
         self.emit(d, f"if type({x}) is not tuple or len({x}) != 2: raise U")
         self.emit(d, f"{name}, {inner} = {x}")
         for i, branch in enumerate(branches):
-            self.emit(d, f"{'if' if i == 0 else 'elif'} {name} == {_full_name(branch, ns)!r}:")
+            self.emit(d, f"{'if' if i == 0 else 'elif'} {name} == {full_name(branch, ns)!r}:")
             self.emit(d + 1, f"out += {_varint(i << 1)!r}")
             self.value(branch, inner, d + 1, ns)
         self.emit(d, "else: raise U")
@@ -200,7 +201,8 @@ def _compile_encoder(schema: dict[str, Any]) -> Callable[[bytearray, Any], None]
     return write
 
 
-def _full_name(schema: dict[str, Any], ns: str) -> str:
+def full_name(schema: dict[str, Any], ns: str) -> str:
+    """A named type's full name, resolved against the enclosing namespace."""
     name: str = schema["name"]
     if "." in name:
         return name
@@ -237,10 +239,10 @@ class Codec:
         self.schema = schema
         self.fingerprint = schema_fingerprint(schema)
         self.header = MAGIC + self.fingerprint
-        self._reader = fastavro.parse_schema(_strip_logical(copy.deepcopy(schema)))
+        self._reader = fastavro.parse_schema(strip_logical(copy.deepcopy(schema)))
         self._fast: Callable[[bytearray, Any], None] | None
         try:
-            self._fast = _compile_encoder(_strip_logical(schema))
+            self._fast = _compile_encoder(strip_logical(schema))
         except (_Unsupported, KeyError, TypeError):
             self._fast = None
         self._writers: dict[bytes, Any] = {self.fingerprint: None}
@@ -257,7 +259,7 @@ class Codec:
             raise CodecError(
                 f"writer schema {fp.hex()} must start with fields {', '.join(ENVELOPE_PREFIX)}"
             )
-        self._writers[fp] = fastavro.parse_schema(_strip_logical(copy.deepcopy(writer_schema)))
+        self._writers[fp] = fastavro.parse_schema(strip_logical(copy.deepcopy(writer_schema)))
         return fp
 
     @property

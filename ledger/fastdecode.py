@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ledger.codec import HEADER_LEN, Codec
+from ledger.codec import HEADER_LEN, Codec, full_name, strip_logical
 
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -35,22 +35,6 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise _Reject
-
-
-def _strip_logical(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _strip_logical(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [_strip_logical(s) for s in schema]
-    return schema
-
-
-def _full_name(schema: dict[str, Any], ns: str) -> str:
-    name: str = schema["name"]
-    if "." in name:
-        return name
-    space = schema.get("namespace", ns)
-    return f"{space}.{name}" if space else name
 
 
 class _Source:
@@ -109,7 +93,7 @@ class _Source:
             self.emit(d + 2, f"{items}.append({item})")
             self.emit(d, f"{target} = {items}")
         elif kind == "record":
-            ns = _full_name(schema, ns).rpartition(".")[0]
+            ns = full_name(schema, ns).rpartition(".")[0]
             fields = []
             for field in schema["fields"]:
                 var = self.var("f")
@@ -135,14 +119,14 @@ class _Source:
                 raise NotImplementedError("union of non-records")
             self.emit(d, f"{'if' if i == 0 else 'elif'} {index} == {i}:")
             self.value(branch, inner, d + 1, ns)
-            self.emit(d + 1, f"{target} = ({_full_name(branch, ns)!r}, {inner})")
+            self.emit(d + 1, f"{target} = ({full_name(branch, ns)!r}, {inner})")
         self.emit(d, "else: raise R")
 
 
 def _compile(schema: dict[str, Any]) -> Callable[[bytes, int], tuple[Any, int]]:
     src = _Source()
     src.emit(0, "def read(b, p):")
-    src.value(_strip_logical(schema), "out", 1, "")
+    src.value(strip_logical(schema), "out", 1, "")
     src.emit(1, "return out, p")
     namespace = dict(src.consts)
     exec(compile("\n".join(src.lines), "<ledger.fastdecode>", "exec"), namespace)  # noqa: S102

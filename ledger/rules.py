@@ -353,6 +353,11 @@ def delegation_violations(f: Mapping[str, Any]) -> list[Violation]:
 # -- principal- and credential-level rules ---------------------------------------------
 
 
+def _hours(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:g} h" if hours < 48 else f"{hours / 24:g} days"
+
+
 def long_lived_violation(
     cid: str,
     event_id: str,
@@ -364,8 +369,13 @@ def long_lived_violation(
     """LONG_LIVED_CREDENTIAL for one issued credential, or None."""
     if expires is not None and expires - at <= th.credential_max_lifetime:
         return None
-    how = "never expires" if expires is None else f"lives {expires - at} (until {iso(expires)})"
-    detail = f"credential {cid} held by {holder} {how}, over {th.credential_max_lifetime}."
+    limit = _hours(th.credential_max_lifetime)
+    how = (
+        "never expires"
+        if expires is None
+        else f"lives {_hours(expires - at)} (until {iso(expires)})"
+    )
+    detail = f"credential {cid} held by {holder} {how}; the limit is {limit}."
     return Violation("LONG_LIVED_CREDENTIAL", cid, event_id, at, holder, detail)
 
 
