@@ -21,7 +21,7 @@ import ledger.store as store_module
 from bench.generate import write_jsonl
 from bench.results import environment, write_section
 from ledger.codec import default_codec
-from ledger.ingest import default_workers, ingest, prepare, read_lines
+from ledger.ingest import ingest, prepare, read_lines
 from ledger.store import Store
 from ledger.verify import _check_rows, verify_store
 
@@ -44,10 +44,10 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def run_ingest(src: Path, db: Path, workers: int | None = None) -> float:
+def run_ingest(src: Path, db: Path) -> float:
     def go() -> None:
         with Store.open(fresh(db)) as store:
-            summary = ingest(store, read_lines([str(src)]), workers=workers)
+            summary = ingest(store, read_lines([str(src)]))
         assert (summary.appended, summary.quarantined) == (N, 0), summary
 
     return timed(go)
@@ -111,12 +111,9 @@ def main() -> None:
 
     t_json = baseline_json(lines)
     t_prepare = baseline_prepare(lines)
-    auto = default_workers()
     t_ingest = run_ingest(src, db)
-    t_ingest_one = run_ingest(src, chain_db, workers=0)
-    t_ingest_two = run_ingest(src, chain_db, workers=1)
     with mock.patch.object(store_module, "extensions", lambda: ()):
-        t_ingest_chain = run_ingest(src, chain_db, workers=0)
+        t_ingest_chain = run_ingest(src, chain_db)
     t_verify = [run_verify(db) for _ in range(3)]
     t_verify_chain = [run_verify(db, chain_only=True) for _ in range(3)]
     t_hash = baseline_hash_chain(db)
@@ -139,10 +136,7 @@ def main() -> None:
             "| what | events/s | seconds | note |",
             "|---|---:|---:|---|",
             row("**ingest** (`ledger ingest`: validate, encode, chain, append, "
-                f"all store extensions, close; helper processes: {auto})", t_ingest,
-                f"{ok} target {INGEST_TARGET:,}/s"),
-            row("ingest in one process (`workers=0`)", t_ingest_one, ""),
-            row("ingest with one helper process (`workers=1`)", t_ingest_two, ""),
+                "all store extensions, close)", t_ingest, f"{ok} target {INGEST_TARGET:,}/s"),
             row("ingest in one process, chain only (no store extensions)", t_ingest_chain, ""),
             row("validate + encode only (`ingest.prepare`)", t_prepare, ""),
             row("baseline: `json.loads` of every line", t_json, ""),

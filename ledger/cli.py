@@ -242,9 +242,7 @@ def verify(db: str, as_json: bool, checkpoint_file: str | None, public_key: str 
             raise LedgerError(f"cannot read {checkpoint_file}: {exc.strerror}") from exc
     meter = Progress("verify")
     with Store.open(db, read_only=True) as store:
-        report = verify_store(
-            store, progress=meter.update, checkpoint=note, public_key=public_key
-        )
+        report = verify_store(store, progress=meter.update, checkpoint=note, public_key=public_key)
     meter.done()
     if as_json:
         echo_json(report.to_dict())

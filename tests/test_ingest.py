@@ -173,7 +173,7 @@ def test_write_jsonl_round_trips(tmp_path: Path, db_path: Path) -> None:
     assert (summary.appended, summary.quarantined) == (500, 0)
 
 
-# -- the helper process: same ledger, byte for byte ------------------------------------------
+# -- batching does not change the ledger, byte for byte ------------------------------------
 
 
 def _mixed_lines(n: int) -> list[tuple[str, bytes]]:
@@ -195,34 +195,12 @@ def _ledger_state(path: Path) -> tuple[Any, ...]:
     return entries, sorted(quarantine)
 
 
-@pytest.mark.parametrize("worker_code", [None, "import sys; sys.exit(3)"], ids=["alive", "dies"])
-def test_helper_process_gives_the_same_ledger(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_code: str | None
-) -> None:
-    import ledger.ingest as ingest_module
-
+def test_batch_size_does_not_change_the_ledger(tmp_path: Path) -> None:
     lines = _mixed_lines(700)
-    with Store.open(tmp_path / "one.duckdb") as store:
-        alone = ingest(store, lines, batch_size=250, workers=0)
-    monkeypatch.setattr(ingest_module, "PARALLEL_AFTER", 100)
-    monkeypatch.setattr(ingest_module, "CHUNK", 40)
-    if worker_code:
-        monkeypatch.setattr(ingest_module, "WORKER_CODE", worker_code)
-    with Store.open(tmp_path / "two.duckdb") as store:
-        helped = ingest(store, lines, batch_size=250, workers=1)
-    assert helped == alone
-    assert (alone.appended, alone.duplicates, alone.quarantined) == (700, 1, 8)
-    assert _ledger_state(tmp_path / "one.duckdb") == _ledger_state(tmp_path / "two.duckdb")
-
-
-def test_default_workers_leaves_a_busy_machine_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ledger.ingest import default_workers
-
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.2, 0.2))
-    assert default_workers() == 1
-    monkeypatch.setattr("os.getloadavg", lambda: (1.9, 1.0, 1.0))
-    assert default_workers() == 0
-    monkeypatch.setattr("os.cpu_count", lambda: 1)
-    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert default_workers() == 0
+    with Store.open(tmp_path / "big.duckdb") as store:
+        whole = ingest(store, lines)
+    with Store.open(tmp_path / "small.duckdb") as store:
+        batched = ingest(store, lines, batch_size=37)
+    assert (whole.appended, whole.duplicates, whole.quarantined) == (700, 1, 8)
+    assert batched == whole
+    assert _ledger_state(tmp_path / "big.duckdb") == _ledger_state(tmp_path / "small.duckdb")
