@@ -157,7 +157,7 @@ def _investigate(
 
 
 def _next_commands(db: str, cp_file: str, vkey: str) -> list[str]:
-    flag = "" if db == DEFAULT_DB else f" --db {db}"
+    flag = f" --db {db}"  # the other commands default to ledger.duckdb, not the demo's file
     return [
         f"ledger trace {scenario.INCIDENT_ACTION}{flag}",
         f"ledger trace {scenario.INCIDENT_ACTION} --format mermaid{flag}",

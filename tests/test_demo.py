@@ -22,9 +22,11 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 def demo_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    db = tmp_path_factory.mktemp("demo") / "demo-ledger.duckdb"
+    where = tmp_path_factory.mktemp("demo")
+    db = where / "demo-ledger.duckdb"  # the default, as a newcomer runs it: `ledger demo`
     proc = subprocess.run(
-        [sys.executable, "-m", "ledger", "demo", "--db", str(db)],
+        [sys.executable, "-m", "ledger", "demo"],
+        cwd=where,
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     return db, proc
@@ -45,6 +47,23 @@ def test_demo_explains_the_incident(
     assert "stopped the embedded broker" in proc.stderr
     assert "emitted 200/" in proc.stderr  # progress is visible while it runs
     assert db.exists() and db.with_suffix(".checkpoint").exists()
+
+
+def test_the_suggested_next_commands_work(
+    demo_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    db, proc = demo_run
+    out = proc.stdout
+    commands = out[out.index("== Try next") :].splitlines()[1:]
+    commands = [c.strip() for c in commands if c.strip().startswith("ledger ")]
+    assert len(commands) >= 6
+    for command in commands:
+        done = subprocess.run(
+            command.replace("ledger ", f"{sys.executable} -m ledger ", 1)
+            .replace("&& ledger ", f"&& {sys.executable} -m ledger "),
+            shell=True, cwd=db.parent, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, (command, done.stderr)
 
 
 def test_demo_again_on_the_same_file_adds_nothing(
