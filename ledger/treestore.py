@@ -295,6 +295,9 @@ def audit(con: duckdb.DuckDBPyConnection, size: int, sizes: Iterable[int] = ()) 
         )
         result.bad_seq = min(head.size, size)
         return result
+    _compare_nodes(con, upper, keep, size, result)  # first: it names the earliest bad range
+    if result.problem:
+        return result
     if size and head.frontier != [
         low[size][n] if n[0] < CHUNK_LEVEL else upper[n[0]][n[1]] for n in merkle.root_plan(size)
     ]:
@@ -304,8 +307,6 @@ def audit(con: duckdb.DuckDBPyConnection, size: int, sizes: Iterable[int] = ()) 
     if head.root != roots.get(size, merkle.EMPTY_ROOT):
         result.problem = "the stored Merkle root does not match the entries"
         result.bad_seq = max(size - 1, 0)
-        return result
-    _compare_nodes(con, upper, keep, size, result)
     return result
 
 

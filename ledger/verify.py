@@ -371,14 +371,8 @@ def verify_store(
                 checks,
             )
         if rec_hash != head:
-            return VerifyReport(
-                False,
-                size,
-                head.hex(),
-                size - 1,
-                "head hash differs from the one recorded with the last append",
-                checks,
-            )
+            reason = "head hash differs from the one recorded with the last append"
+            return _localized(store, size, head, checks, reason)
     elif size:
         return VerifyReport(
             False, size, head.hex(), 0, "entries exist but no head was ever recorded", checks
@@ -392,3 +386,17 @@ def verify_store(
     if integrity.problem:
         report.ok, report.bad_seq, report.reason = False, integrity.bad_seq, integrity.problem
     return report
+
+
+def _localized(
+    store: Store, size: int, head: bytes, checks: list[str], reason: str
+) -> VerifyReport:
+    """A consistent chain with the wrong head was rewritten from some entry on: the stored
+    Merkle nodes (complete subtrees of 16+ entries) say from which range, if it is earlier."""
+    from ledger.treestore import audit
+
+    found = audit(store.con, size)
+    bad_seq = max(size - 1, 0)
+    if found.problem and found.bad_seq is not None and found.bad_seq < bad_seq:
+        bad_seq, reason = found.bad_seq, f"{reason}; {found.problem}"
+    return VerifyReport(False, size, head.hex(), bad_seq, reason, checks)

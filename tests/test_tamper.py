@@ -235,3 +235,33 @@ def test_verify_proof_cli_names_the_tampered_field(
     )
     assert result.exit_code == 1
     assert "FAILED: audit_path from seq 3 does not lead to root_hash" in result.output
+
+
+def _rechain_only(store: Store) -> None:
+    """Recompute every link and hash after an edit, and nothing else (head, Merkle untouched)."""
+    con = store.con
+    prev = chain.GENESIS
+    for seq, payload in con.execute("SELECT seq, payload FROM entries ORDER BY seq").fetchall():
+        h = chain.entry_hash(seq, prev, bytes(payload))
+        con.execute(
+            "UPDATE entries SET prev_hash = ?, entry_hash = ? WHERE seq = ?", [prev, h, seq]
+        )
+        prev = h
+
+
+@pytest.mark.parametrize("fix_head", [False, True], ids=["head kept", "head fixed too"])
+def test_rechained_edit_is_localized_to_its_merkle_range(
+    ledger: tuple[Store, list[str]], fix_head: bool
+) -> None:
+    store, _ = ledger
+    store.con.execute("DELETE FROM checkpoints")  # no signed root to compare: only stored state
+    store.con.execute("UPDATE entries SET payload = payload || '\\x00'::BLOB WHERE seq = 21")
+    _rechain_only(store)
+    if fix_head:
+        head = store.con.execute("SELECT entry_hash FROM entries WHERE seq = 39").fetchall()
+        store.con.execute(
+            "UPDATE ledger_meta SET value = ? WHERE key = 'head_hash'", [bytes(head[0][0]).hex()]
+        )
+    report = verify_store(store)
+    # the chain itself is consistent again; the stored Merkle node over seq 16..31 is not
+    failed(report, 16, "Merkle node", "16..31")
