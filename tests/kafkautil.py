@@ -112,3 +112,11 @@ class Stderr:
                     return line
             time.sleep(0.05)
         raise AssertionError(f"{text!r} not logged; got {self.lines}")
+
+
+def wire(ev: dict[str, Any]) -> bytes:
+    """A JSON-form event as the Emitter would put it on Kafka (validated, single-object Avro)."""
+    from ledger import events
+    from ledger.codec import default_codec
+
+    return default_codec().encode(events.to_record(events.parse_event(ev)))

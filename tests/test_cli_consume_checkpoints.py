@@ -12,28 +12,16 @@ from click.testing import CliRunner
 from ledger.broker import EmbeddedBroker
 from ledger.checkpoint import stored, write_keypair
 from ledger.cli import cli
-from ledger.codec import default_codec
 from ledger.store import Store
 from tests import factories as f
-from tests.kafkautil import produce
-
-
-def encoded(events: list[dict[str, object]]) -> list[bytes]:
-    from ledger.events import parse_event, to_record
-
-    return [default_codec().encode(to_record(parse_event(e))) for e in events]
-
-
-pytestmark = pytest.mark.integration
+from tests.kafkautil import produce, wire
 
 
 def test_consumer_checkpoints_every_n_and_when_idle(
     broker: EmbeddedBroker, topic: str, tmp_path: Path, db_path: Path
 ) -> None:
     key, vkey = write_keypair(tmp_path / "keys")
-    produce(
-        broker.bootstrap_servers, topic, encoded([f.principal(f"agent:{i}") for i in range(250)])
-    )
+    produce(broker.bootstrap_servers, topic, [wire(f.principal(f"agent:{i}")) for i in range(250)])
     done = subprocess.run(
         [sys.executable, "-m", "ledger", "consume", "-b", broker.bootstrap_servers,
          "--topic", topic, "--db", str(db_path), "--until-idle", "3", "--batch-size", "50",
@@ -53,7 +41,7 @@ def test_consume_without_key_makes_no_checkpoint(
     broker: EmbeddedBroker, topic: str, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("LEDGER_KEY", raising=False)
-    produce(broker.bootstrap_servers, topic, encoded([f.principal("agent:x")]))
+    produce(broker.bootstrap_servers, topic, [wire(f.principal("agent:x"))])
     done = subprocess.run(
         [sys.executable, "-m", "ledger", "consume", "-b", broker.bootstrap_servers,
          "--topic", topic, "--db", str(db_path), "--until-idle", "1"],

@@ -25,11 +25,7 @@ from ledger.consumer import prepare_batch
 from ledger.store import Store
 from ledger.verify import verify_store
 from tests import factories as f
-from tests.kafkautil import consume_into, produce
-
-
-def _payload(codec: Codec, ev: dict[str, Any]) -> bytes:
-    return codec.encode(events.to_record(events.parse_event(ev)))
+from tests.kafkautil import consume_into, produce, wire
 
 
 def _entries(db: Path) -> list[tuple[Any, ...]]:
@@ -51,7 +47,7 @@ def test_bad_messages_are_quarantined_with_reason_and_coordinates(
     broker: EmbeddedBroker, topic: str, codec: Codec, db_path: Path
 ) -> None:
     good1, good2 = f.principal("agent:a"), f.action("act-1", "agent:a")
-    valid = _payload(codec, good1)
+    valid = wire(good1)
     empty_id = codec.encode(
         events.to_record(events.parse_event(f.principal("agent:b"))) | {"event_id": ""}
     )
@@ -72,7 +68,7 @@ def test_bad_messages_are_quarantined_with_reason_and_coordinates(
     produce(
         broker.bootstrap_servers,
         topic,
-        [valid] + [raw for raw, _ in bad] + [_payload(codec, good2)],
+        [valid] + [raw for raw, _ in bad] + [wire(good2)],
         partition=0,
     )
 
@@ -97,7 +93,7 @@ def test_same_event_sent_twice_is_one_entry(
     broker: EmbeddedBroker, topic: str, codec: Codec, db_path: Path
 ) -> None:
     ev = [f.principal(f"agent:{i}") for i in range(5)]
-    payloads = [_payload(codec, e) for e in ev]
+    payloads = [wire(e) for e in ev]
     produce(broker.bootstrap_servers, topic, [*payloads, payloads[2], payloads[0]])
     first = consume_into(db_path, broker.bootstrap_servers, topic)
     produce(broker.bootstrap_servers, topic, [payloads[1]])
@@ -114,9 +110,9 @@ def test_resumes_from_ledger_offsets_not_kafka_group_offsets(
 ) -> None:
     first = [f.principal(f"agent:{i}") for i in range(30)]
     more = [f.principal(f"agent:m{i}") for i in range(12)]
-    produce(broker.bootstrap_servers, topic, [_payload(codec, e) for e in first])
+    produce(broker.bootstrap_servers, topic, [wire(e) for e in first])
     consume_into(db_path, broker.bootstrap_servers, topic, group="ledger-a")
-    produce(broker.bootstrap_servers, topic, [_payload(codec, e) for e in more])
+    produce(broker.bootstrap_servers, topic, [wire(e) for e in more])
 
     # A brand-new group has no Kafka offsets at all: only the ledger knows where to resume.
     stats = consume_into(db_path, broker.bootstrap_servers, topic, group="ledger-b")
@@ -136,7 +132,7 @@ def test_checkpointer_is_called_after_batches_and_when_idle(
         def maybe_checkpoint(self, store: Store, idle: bool) -> None:
             calls.append((idle, store.size()))
 
-    produce(broker.bootstrap_servers, topic, [_payload(codec, f.principal("agent:x"))])
+    produce(broker.bootstrap_servers, topic, [wire(f.principal("agent:x"))])
     consume_into(db_path, broker.bootstrap_servers, topic, checkpointer=Recorder())
 
     assert (False, 1) in calls
@@ -183,7 +179,7 @@ def test_external_fastavro_producer_is_consumed_like_the_emitter(
     assert (stats.appended, stats.quarantined) == (len(sent), 0)
     entries = _entries(db_path)
     assert [e[2] for e in entries] == values
-    assert values == [_payload(codec, ev) for ev in sent]
+    assert values == [wire(ev) for ev in sent]
     for (_, _, payload, _), ev in zip(entries, sent, strict=True):
         record, _name = codec.decode(payload)
         assert events.to_json_dict(record) == ev
@@ -191,7 +187,7 @@ def test_external_fastavro_producer_is_consumed_like_the_emitter(
 
 def test_prepare_batch_skips_offsets_already_appended(codec: Codec) -> None:
     tp = TopicPartition("t", 2)
-    payloads = [_payload(codec, f.principal(f"agent:{i}")) for i in range(4)]
+    payloads = [wire(f.principal(f"agent:{i}")) for i in range(4)]
     batch = {tp: [SimpleNamespace(offset=10 + i, value=p) for i, p in enumerate(payloads)]}
     expected = {("t", 2): 12}
 
@@ -207,8 +203,8 @@ def test_prepare_batch_skips_offsets_already_appended(codec: Codec) -> None:
 def test_a_broker_that_lost_its_data_is_read_again_from_the_start(
     codec: Codec, db_path: Path
 ) -> None:
-    first = [_payload(codec, f.principal(f"agent:{i}")) for i in range(20)]
-    after = [_payload(codec, f.principal(f"agent:new{i}")) for i in range(5)]
+    first = [wire(f.principal(f"agent:{i}")) for i in range(20)]
+    after = [wire(f.principal(f"agent:new{i}")) for i in range(5)]
     with EmbeddedBroker() as old:
         old.create_topic("lost", 1)
         produce(old.bootstrap_servers, "lost", first)
@@ -228,9 +224,7 @@ def test_rebalance_mid_stream_keeps_every_event_exactly_once(
 ) -> None:
     """Another member joins the group, takes partitions for a while, leaves: nothing is lost."""
     group = "rebalanced"
-    bursts = [
-        [_payload(codec, f.principal(f"agent:{b}-{i}")) for i in range(300)] for b in range(3)
-    ]
+    bursts = [[wire(f.principal(f"agent:{b}-{i}")) for i in range(300)] for b in range(3)]
     produce(broker.bootstrap_servers, topic, bursts[0])
     result: dict[str, Any] = {}
     runner = threading.Thread(
