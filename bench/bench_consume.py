@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -76,49 +77,77 @@ async def raw_consume(bootstrap: str, group: str, **fetch: int) -> float:
         await consumer.stop()
 
 
-def ledger_consume(bootstrap: str, db: Path, group: str) -> ConsumeStats:
+def _cpu_ticks(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rusage_cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
+def ledger_consume(
+    bootstrap: str, db: Path, group: str, workers: int, broker_pid: int | None
+) -> tuple[ConsumeStats, dict[str, float]]:
+    """One consumer run into a fresh ledger; also the CPU seconds of each process involved."""
     for p in (db, db.with_name(db.name + ".wal")):
         p.unlink(missing_ok=True)
     settings = load(bootstrap_servers=bootstrap, topic=TOPIC, group=group, db=str(db))
+    cpu0 = _rusage_cpu(resource.RUSAGE_SELF), _rusage_cpu(resource.RUSAGE_CHILDREN)
+    broker0 = _cpu_ticks(broker_pid) if broker_pid else 0.0
     with Store.open(db) as store:
-        stats = asyncio.run(LedgerConsumer(store, settings, until_idle=1.0).run())
+        consumer = LedgerConsumer(store, settings, until_idle=1.0, decode_workers=workers)
+        stats = asyncio.run(consumer.run())
+    cpu = {
+        "consumer": _rusage_cpu(resource.RUSAGE_SELF) - cpu0[0],
+        "worker": _rusage_cpu(resource.RUSAGE_CHILDREN) - cpu0[1],
+        "broker": (_cpu_ticks(broker_pid) - broker0) if broker_pid else 0.0,
+    }
     assert (stats.appended, stats.quarantined) == (N, 0), stats
-    return stats
+    return stats, cpu
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     OUT.mkdir(exist_ok=True)
     items = list(generate(N, SEED))
-    raws, raw_defaults, runs = [], [], []
+    raws: list[float] = []
+    raw_defaults: list[float] = []
+    runs: list[tuple[ConsumeStats, dict[str, float]]] = []
+    singles: list[ConsumeStats] = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         bootstrap = broker.bootstrap_servers
         broker.create_topic(TOPIC, PARTITIONS)
         emit_s = asyncio.run(emit_all(bootstrap, items, Path(tmp) / "spool"))
         tune_process()  # what `ledger consume` does for itself; both consumers run under it
-        for rnd in range(ROUNDS):  # interleaved, so load changes hit both alike
+        db = OUT / "consume.duckdb"
+        for rnd in range(ROUNDS):  # interleaved, so load changes hit every variant alike
             # the ledger consumer's own fetch sizes, and aiokafka's defaults (as in PERF-NOTES)
             big = {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 64 << 20}
             raws.append(N / asyncio.run(raw_consume(bootstrap, f"raw-{rnd}", **big)))
             raw_defaults.append(N / asyncio.run(raw_consume(bootstrap, f"raw-default-{rnd}")))
-            runs.append(ledger_consume(bootstrap, OUT / "consume.duckdb", f"ledger-{rnd}"))
-    rates = [N / s.active_seconds for s in runs]
-    best = runs[rates.index(statistics.median(rates))]
+            runs.append(ledger_consume(bootstrap, db, f"ledger-{rnd}", 1, broker.pid))
+            singles.append(ledger_consume(bootstrap, db, f"single-{rnd}", 0, None)[0])
+    rates = [N / s.active_seconds for s, _ in runs]
+    single_rates = [N / s.active_seconds for s in singles]
+    best, cpu = runs[rates.index(statistics.median(rates))]
     emit_rate = N / emit_s
     raw_rate, raw_default_rate = statistics.median(raws), statistics.median(raw_defaults)
     rate = statistics.median(rates)
     ratio = statistics.median(r / c for r, c in zip(rates, raws, strict=True))
     ratio_default = statistics.median(r / c for r, c in zip(rates, raw_defaults, strict=True))
-    wall_rate = statistics.median(N / s.seconds for s in runs)
+    ratio_single = statistics.median(r / c for r, c in zip(single_rates, raws, strict=True))
+    wall_rate = statistics.median(N / s.seconds for s, _ in runs)
     us = 1e6 / N
-    rest = best.active_seconds - best.decode_seconds - best.append_seconds
     md = f"""## consume (Kafka pipeline)
 
 {environment()}; consumers also under `ledger.consumer.tune_process()` (mallopt: trim
 threshold 1 GB, top pad 256 MB, mmap threshold 32 MB; gc threshold 50k). Embedded Tansu broker
 (memory) on loopback, topic of {PARTITIONS} partitions, {N:,} generated events (seed {SEED}).
-Consumer figures are medians of {ROUNDS} interleaved rounds (raw, raw, ledger), each into a
-fresh ledger; ratios are medians of the per-round ratios.
+Consumer figures are medians of {ROUNDS} interleaved rounds (raw, raw, ledger, ledger in one
+process), each ledger run into a fresh file; ratios are medians of the per-round ratios.
 
 | what | events/s | target |
 |---|---|---|
@@ -126,18 +155,27 @@ fresh ledger; ratios are medians of the per-round ratios.
 | {emit_rate:,.0f} | >= {EMIT_TARGET:,} |
 | raw aiokafka `getmany`, the consumer's fetch sizes (ceiling) | {raw_rate:,.0f} | |
 | raw aiokafka `getmany`, aiokafka default fetch sizes | {raw_default_rate:,.0f} | |
-| `ledger consume` steady state (first fetch -> last commit) | {rate:,.0f} \
-| >= {CONSUME_TARGET:,} |
-| `ledger consume` wall clock incl. group join and 1 s idle exit | {wall_rate:,.0f} | |
-| ratio consume / raw ceiling (same fetch sizes) | {ratio:.3f} | >= 0.12 (aim 0.25) |
+| **`ledger consume`** steady state (first fetch -> last commit), decode worker on \
+| {rate:,.0f} | >= {CONSUME_TARGET:,} |
+| `ledger consume --decode-workers 0` (everything in one process) \
+| {statistics.median(single_rates):,.0f} | |
+| `ledger consume` wall clock incl. group join, worker start and 1 s idle exit \
+| {wall_rate:,.0f} | |
+| **ratio** consume / raw ceiling (same fetch sizes) | {ratio:.3f} | >= 0.12 (aim 0.25) |
 | ratio consume / raw with default fetch sizes | {ratio_default:.3f} | |
+| ratio in one process / raw ceiling | {ratio_single:.3f} | |
 
-Rounds, ledger consume events/s: {", ".join(f"{r:,.0f}" for r in rates)}.
-Where the consumer's time goes in the median round (µs/event): decode + checks
-{best.decode_seconds * us:.1f} (generated decoder, `ledger.fastdecode`), `Store.append`
-(chain, entries, projections, Merkle, offsets; one transaction per
-{best.received // max(best.batches, 1):,}-event batch) {best.append_seconds * us:.1f}, the rest
-(fetch, commits) {rest * us:.1f}.
+Rounds, events/s: with the decode worker {", ".join(f"{r:,.0f}" for r in rates)}; in one
+process {", ".join(f"{r:,.0f}" for r in single_rates)}.
+
+Where the time goes in the median round (µs per event). Decoding (generated columnar reader,
+`ledger.fastdecode.BatchDecoder`, with every check) runs in the worker, one batch ahead of
+`Store.append` (dedupe, chain, entries, projections, Merkle, offsets; one transaction per
+{best.received // max(best.batches, 1):,}-event batch) in the consumer:
+decode {best.decode_seconds * us:.1f}, append {best.append_seconds * us:.1f}.
+CPU used per event over the whole run (incl. start-up and the idle second): consumer process
+{cpu["consumer"] * us:.1f}, decode worker {cpu["worker"] * us:.1f}, broker {cpu["broker"] * us:.1f};
+the machine has 2 cores, so the sum bounds the rate.
 """
     write_section("consume", md)
     print(md)

@@ -28,7 +28,7 @@ from ledger import store as store_mod
 from ledger.codec import default_codec
 from ledger.projections import Projections
 from ledger.queries import Ledger
-from ledger.store import Entry, Incoming, Store
+from ledger.store import Appended, Incoming, Store
 
 BATCH = 10_000
 SAMPLES = 200
@@ -72,9 +72,9 @@ def _incoming(n: int, seed: int) -> Iterator[list[Incoming]]:
 class _TimedProjections(Projections):
     spent = 0.0
 
-    def on_append(self, con: duckdb.DuckDBPyConnection, entries: Sequence[Entry]) -> None:
+    def on_append(self, con: duckdb.DuckDBPyConnection, appended: Appended) -> None:
         t0 = time.perf_counter()
-        super().on_append(con, entries)
+        super().on_append(con, appended)
         _TimedProjections.spent += time.perf_counter() - t0
 
 

@@ -133,6 +133,14 @@ def emit(
     help="Most events per transaction. Env: LEDGER_BATCH_SIZE. [default: 10000]",
 )
 @click.option(
+    "--decode-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Processes decoding messages beside the consumer (0 = decode in it). "
+    "Env: LEDGER_DECODE_WORKERS. [default: 1 with two or more cores, else 0]",
+)
+@click.option(
     "--key",
     default=None,
     metavar="FILE",
@@ -170,6 +178,7 @@ def consume(
     db: str,
     until_idle: float | None,
     batch_size: int | None,
+    decode_workers: int | None,
     key: str | None,
     origin: str | None,
     checkpoint_every: int,
@@ -184,7 +193,8 @@ def consume(
     offsets stored in the ledger, whatever Kafka's group offsets say. Malformed
     messages go to the `quarantine` table as `kafka:TOPIC/PARTITION/OFFSET`.
     Progress (events/s, lag per partition) is logged to stderr every few seconds;
-    an unreachable broker is retried with backoff, and said so.
+    an unreachable broker is retried with backoff, and said so. Decoding runs in
+    a worker process on the second core, one batch ahead of the append.
 
     \b
     Examples:
@@ -202,7 +212,7 @@ def consume(
     _logging(verbose)
     settings = load(
         bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db, batch_size=batch_size,
-        key=key, origin=origin,
+        decode_workers=decode_workers, key=key, origin=origin,
     )  # fmt: skip
     checkpointer = (
         Checkpointer.from_settings(settings, checkpoint_every, checkpoint_interval)

@@ -246,6 +246,8 @@ class Codec:
         except (_Unsupported, KeyError, TypeError):
             self._fast = None
         self._writers: dict[bytes, Any] = {self.fingerprint: None}
+        #: every writer schema registered, so a worker process can rebuild the same codec
+        self.extra_schemas: list[dict[str, Any]] = []
         for older in [*released_schemas(), *extra_writer_schemas]:
             self.register(older)
 
@@ -260,6 +262,7 @@ class Codec:
                 f"writer schema {fp.hex()} must start with fields {', '.join(ENVELOPE_PREFIX)}"
             )
         self._writers[fp] = fastavro.parse_schema(strip_logical(copy.deepcopy(writer_schema)))
+        self.extra_schemas.append(writer_schema)
         return fp
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DB = "ledger.duckdb"
@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int | None = None
     # Consumer: most events per DuckDB transaction (one `getmany`).
     batch_size: int = 10_000
+    # Consumer: processes decoding messages beside it; None = 1 with two or more cores, else 0.
+    decode_workers: int | None = Field(default=None, ge=0)
     # Emitter: where events wait on disk while the broker is unreachable, and its size limit.
     spool: str | None = None
     spool_max_bytes: int = 256 * 1024 * 1024

@@ -20,17 +20,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ledger import events
+from ledger.batch import Decoded, EventBatch, decode_values
 from ledger.codec import Codec, default_codec
 from ledger.config import Settings
-from ledger.errors import BrokerError, LedgerError
+from ledger.errors import BrokerError
 from ledger.fastdecode import FastDecoder
-from ledger.store import Incoming, Rejected, Store
+from ledger.store import Rejected, Store
+from ledger.workers import DecodeWorkers, default_workers
 
 log = logging.getLogger("ledger.consume")
 
 MAX_RECORDS = 10_000
 POLL_MS = 500
+PIPELINE_POLL_MS = 50
 RETRY_MAX_S = 30.0
 
 
@@ -61,29 +63,25 @@ class ConsumeStats:
 
 
 @dataclass(slots=True)
-class _Prepared:
-    good: list[Incoming]
-    bad: list[Rejected]
+class Fetched:
+    """One `getmany` result, flattened for decoding: values, their coordinates, next offsets."""
+
+    values: list[bytes | None]
+    sources: list[str]
     offsets: dict[tuple[str, int], int]
-    received: int
 
 
-def prepare_batch(
-    batch: Mapping[Any, Sequence[Any]],
-    codec: Codec | FastDecoder,
-    expected: dict[tuple[str, int], int],
-) -> _Prepared:
-    """Decode every message once; malformed ones become `Rejected` with their coordinates.
+def split_batch(
+    batch: Mapping[Any, Sequence[Any]], expected: dict[tuple[str, int], int]
+) -> Fetched:
+    """Flatten a fetch, dropping messages already appended (a refetch after a seek).
 
-    `expected` holds the next offset per partition: messages below it were already appended
-    (a refetch after a seek) and are skipped, so the quarantine never gets duplicates.
+    `expected` holds the next offset per partition and is advanced here, so the quarantine
+    never gets duplicates either.
     """
-    decode = codec.decode
-    check = events.check_record
-    good: list[Incoming] = []
-    bad: list[Rejected] = []
+    values: list[bytes | None] = []
+    sources: list[str] = []
     offsets: dict[tuple[str, int], int] = {}
-    received = 0
     for tp, messages in batch.items():
         key = (tp.topic, tp.partition)
         floor = expected.get(key, -1)
@@ -94,33 +92,44 @@ def prepare_batch(
             if offset < floor:
                 continue
             last = offset
-            received += 1
-            value = msg.value
-            source = prefix + str(offset)
-            if not value:
-                bad.append(Rejected(source, value, "empty message (no value)"))
-                continue
-            try:
-                record, name = decode(value)
-                reason = check(record, name)
-            except LedgerError as exc:
-                bad.append(Rejected(source, value, str(exc)))
-                continue
-            except (KeyError, TypeError, ValueError) as exc:
-                bad.append(Rejected(source, value, f"malformed record: {exc!r}"))
-                continue
-            if reason is not None:
-                bad.append(Rejected(source, value, reason))
-                continue
-            good.append(
-                Incoming(
-                    record["event_id"], record["type"], record["occurred_at"], value, source, record
-                )
-            )
+            values.append(msg.value)
+            sources.append(prefix + str(offset))
         if last >= 0:
             offsets[key] = last + 1
             expected[key] = last + 1
-    return _Prepared(good, bad, offsets, received)
+    return Fetched(values, sources, offsets)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A decoded fetch, ready for `Store.append`."""
+
+    good: EventBatch
+    bad: list[Rejected]
+    offsets: dict[tuple[str, int], int]
+    received: int
+    decode_seconds: float = 0.0
+
+
+def assemble(fetched: Fetched, decoded: Decoded) -> Prepared:
+    values, sources = fetched.values, fetched.sources
+    return Prepared(
+        decoded.batch(values, sources),
+        [Rejected(sources[i], values[i], reason) for i, reason in decoded.rejected],
+        fetched.offsets,
+        len(values),
+        decoded.seconds,
+    )
+
+
+def prepare_batch(
+    batch: Mapping[Any, Sequence[Any]],
+    codec: Codec | FastDecoder,
+    expected: dict[tuple[str, int], int],
+) -> Prepared:
+    """Split and decode one fetch in this process (see `split_batch`, `decode_values`)."""
+    fetched = split_batch(batch, expected)
+    return assemble(fetched, decode_values(fetched.values, codec))
 
 
 def _liveness(settings: Settings) -> tuple[int, int]:
@@ -145,11 +154,17 @@ class LedgerConsumer:
         checkpointer: Checkpointer | None = None,
         max_records: int | None = None,
         progress_interval: float = 5.0,
+        decode_workers: int | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.codec = codec or default_codec()
-        self._decoder = FastDecoder(self.codec)
+        if decode_workers is None:
+            decode_workers = settings.decode_workers
+        if decode_workers is None:
+            decode_workers = default_workers()
+        self._workers = DecodeWorkers(self.codec, decode_workers)
+        self._pending: tuple[Fetched, asyncio.Future[Decoded]] | None = None
         self.until_idle = until_idle
         self.checkpointer = checkpointer
         self.max_records = max_records or settings.batch_size or MAX_RECORDS
@@ -182,6 +197,7 @@ class LedgerConsumer:
         backoff = 0.5
         loop = asyncio.get_running_loop()
         try:
+            self._workers.start()
             # Load the chain head and the event ids now, not during the first batch, where a
             # long pause would miss heartbeats.
             await loop.run_in_executor(self._pool, self.store.append, [])
@@ -202,6 +218,7 @@ class LedgerConsumer:
                     backoff = min(backoff * 2, RETRY_MAX_S)
         finally:
             self._pool.shutdown(wait=True)
+            self._workers.close()
         return self._summary()
 
     async def _sleep(self, seconds: float) -> None:
@@ -264,17 +281,24 @@ class LedgerConsumer:
         last_report = time.monotonic()
         reported = 0
         backoff = 0.5
+        self._pending = None
         while not self._stop.is_set():
-            batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=self.max_records)
+            # with a batch decoding, look only briefly for the next one before appending it
+            wait = POLL_MS if self._pending is None else PIPELINE_POLL_MS
+            batch = await consumer.getmany(timeout_ms=wait, max_records=self.max_records)
             now = time.monotonic()
             if batch:
                 self._last_message = now
                 self._first_message = self._first_message or now
                 async with self._lock:
-                    started = time.perf_counter()
-                    prepared = prepare_batch(batch, self._decoder, self._expected)
-                    self.stats.decode_seconds += time.perf_counter() - started
-                    await self._append(prepared)
+                    fetched = split_batch(batch, self._expected)
+                    job = self._workers.submit(fetched.values) if fetched.values else None
+                    await self._flush()  # the previous batch appends while this one decodes
+                    if job is not None:
+                        self._pending = (fetched, job)
+            elif self._pending is not None:
+                async with self._lock:
+                    await self._flush()
             else:
                 if self.checkpointer is not None:
                     self.checkpointer.maybe_checkpoint(self.store, True)
@@ -289,6 +313,8 @@ class LedgerConsumer:
                 rate = (self.stats.received - reported) / (now - last_report)
                 self._report(consumer, rate)
                 last_report, reported = now, self.stats.received
+        async with self._lock:  # stopping: the batch in hand is appended before leaving
+            await self._flush()
 
     async def _idle_check(self, consumer: Any, now: float) -> bool:
         """After an empty poll: is the broker answering? False means back off (and say so).
@@ -339,13 +365,23 @@ class LedgerConsumer:
             return True
         return now - self._started > 2 * self._session_ms / 1000 + 10
 
-    async def _append(self, prepared: _Prepared) -> None:
+    async def _flush(self) -> None:
+        """Append the batch that was decoding, if any (callers hold `_lock`)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        fetched, job = pending
+        decoded = await job
+        await self._append(assemble(fetched, decoded))
+
+    async def _append(self, prepared: Prepared) -> None:
         """One transaction for the batch; then the advisory Kafka commit and the checkpointer.
 
         The append runs on a worker thread only so that heartbeats keep flowing meanwhile;
         batches are never pipelined (two Python-heavy threads just fight over the GIL).
         """
         self.stats.received += prepared.received
+        self.stats.decode_seconds += prepared.decode_seconds
         if not (prepared.good or prepared.bad or prepared.offsets):
             return
         loop = asyncio.get_running_loop()
@@ -403,6 +439,7 @@ class LedgerConsumer:
 
     async def on_revoked(self, revoked: Any) -> None:
         async with self._lock:  # waits for the batch in hand to commit
+            await self._flush()
             for tp in revoked:
                 self._expected.pop((tp.topic, tp.partition), None)
 

@@ -9,10 +9,14 @@ fingerprints, any malformed byte) to `Codec.decode`, which decides: same record,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import pyarrow as pa
+
+from ledger import events
 from ledger.codec import HEADER_LEN, Codec, full_name, strip_logical
+from ledger.projections import TABLES, columns_to_arrow
 
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -157,3 +161,113 @@ class FastDecoder:
                     name, record["data"] = record["data"]
                     return record, name
         return self.codec.decode(payload)
+
+
+class BatchDecoder:
+    """Decodes a whole batch straight into projection columns: no dict per event.
+
+    The generated loop reads each message of the current schema into local variables, applies
+    `events.check_record`'s rules (from the same tables), and appends the values to the column
+    lists of its event type. Anything it does not accept goes to `Codec.decode` and
+    `check_record`, which give the verdict and the quarantine reason.
+    """
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.single = FastDecoder(codec)
+        self._types: list[str] = []
+        self._columns: list[tuple[tuple[str, str], ...]] = []
+        try:
+            self._read: Callable[..., Any] | None = self._compile(codec)
+        except (NotImplementedError, KeyError, TypeError):
+            self._read = None
+
+    def decode(self, payload: bytes) -> tuple[dict[str, Any], str]:
+        return self.single.decode(payload)
+
+    def _compile(self, codec: Codec) -> Callable[..., Any]:
+        schema = strip_logical(codec.schema)
+        src = _Source()
+        src.consts.update(R=_Reject, LO=events.MIN_MICROS, HI=events.MAX_MICROS)
+        src.emit(0, "def read(values, H, slow, acc, ids, types, times, cols):")
+        src.emit(1, "n = 0")
+        src.emit(1, "for i, b in enumerate(values):")
+        src.emit(2, "try:")
+        src.emit(3, "if b[:10] != H: raise R")
+        src.emit(3, f"p = {HEADER_LEN}")
+        d = 3
+        env: dict[str, str] = {}
+        ns = full_name(schema, "").rpartition(".")[0]
+        data_branches = None
+        for field in schema["fields"]:
+            if field["name"] == "data":
+                data_branches = field["type"]
+                continue
+            if data_branches is not None:
+                raise NotImplementedError("fields after data")
+            env[field["name"]] = var = src.var("e")
+            src.value(field["type"], var, d, ns)
+        if not isinstance(data_branches, list) or not {"event_id", "type", "occurred_at"} <= set(
+            env
+        ):
+            raise NotImplementedError("not an AuditEvent envelope")
+        u = src.var("u")
+        src.long(d, u)
+        for k, branch in enumerate(data_branches):
+            etype = events.RECORD_TO_TYPE[full_name(branch, ns)]
+            src.emit(d, f"{'if' if k == 0 else 'elif'} {u} == {k}:")
+            fields: dict[str, str] = {}
+            for field in branch["fields"]:
+                fields[field["name"]] = var = src.var("f")
+                src.value(field["type"], var, d + 1, ns)
+            tests = ["p != len(b)", f"{env['type']} != {etype!r}"]
+            tests += [f"{env[n]} == ''" for n in events._ENVELOPE_NON_EMPTY]
+            tests.append(f"not LO <= {env['occurred_at']} <= HI")
+            tests += [f"{fields[n]} == ''" for n in events._DATA_NON_EMPTY[etype]]
+            for n in events._TIMESTAMP_FIELDS[etype]:
+                tests.append(f"({fields[n]} is not None and not LO <= {fields[n]} <= HI)")
+            window = events.WINDOWS.get(etype)
+            if window is not None:
+                tests.append(f"{fields[window[1]]} <= {fields[window[0]]}")
+            src.emit(d + 1, f"if {' or '.join(tests)}: raise R")
+            columns = TABLES[etype][1]
+            self._types.append(etype)
+            self._columns.append(columns)
+            src.emit(d + 1, f"c = cols[{k}]")
+            values = ["n", env["event_id"], env["occurred_at"]]
+            values += [fields.get(name, "None") for name, _ in columns]
+            for j, value in enumerate(values):
+                src.emit(d + 1, f"c[{j}].append({value})")
+        src.emit(d, "else: raise R")
+        src.emit(d, "n += 1")
+        src.emit(d, "acc.append(i)")
+        src.emit(d, f"ids.append({env['event_id']})")
+        src.emit(d, f"types.append({env['type']})")
+        src.emit(d, f"times.append({env['occurred_at']})")
+        src.emit(2, "except (R, IndexError, UnicodeDecodeError, ValueError, TypeError):")
+        src.emit(3, "slow.append(i)")
+        namespace = dict(src.consts)
+        code = compile("\n".join(src.lines), "<ledger.fastdecode.batch>", "exec")
+        exec(code, namespace)  # noqa: S102
+        read: Callable[..., Any] = namespace["read"]
+        return read
+
+    def read_columns(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[list[int], list[str], list[str], list[int], dict[str, pa.Table], list[int]] | None:
+        """(accepted positions, event ids, types, times, projection tables, positions the fast
+        path did not accept), or None without a compiled reader."""
+        if self._read is None:
+            return None
+        acc: list[int] = []
+        ids: list[str] = []
+        types: list[str] = []
+        times: list[int] = []
+        slow: list[int] = []
+        cols: list[list[list[Any]]] = [[[] for _ in range(3 + len(c))] for c in self._columns]
+        self._read(values, self.codec.header, slow, acc, ids, types, times, cols)
+        tables = {}
+        for etype, lists in zip(self._types, cols, strict=True):
+            if lists[0]:
+                tables[etype] = columns_to_arrow(etype, lists)
+        return acc, ids, types, times, tables, slow

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ledger.codec import Codec, default_codec
 from ledger.errors import StoreError
 
 if TYPE_CHECKING:
-    from ledger.store import Entry, Store
+    from ledger.store import Appended, Store
 
 _TS = pa.timestamp("us", tz="UTC")
 _SQL_TO_ARROW: dict[str, pa.DataType] = {
@@ -129,7 +130,7 @@ INDEXES: tuple[tuple[str, str], ...] = (
 )
 META_TABLE = "projection_meta"
 
-_Row = tuple[int, str, int, dict[str, Any]]  # seq, event_id, occurred_at micros, data
+_Row = tuple[int, str, str, int, dict[str, Any]]  # pos, type, event_id, occurred_at micros, data
 
 
 def _arrow_schema(columns: Sequence[tuple[str, str]]) -> pa.Schema:
@@ -137,7 +138,7 @@ def _arrow_schema(columns: Sequence[tuple[str, str]]) -> pa.Schema:
 
 
 _SCHEMAS = {
-    etype: (table, (*_COMMON, *cols), _arrow_schema((*_COMMON, *cols)))
+    etype: (table, (*_COMMON, *cols), _arrow_schema((("pos", "BIGINT"), *_COMMON[1:], *cols)))
     for etype, (table, cols) in TABLES.items()
 }
 
@@ -170,14 +171,13 @@ class Projections:
         if indexes:
             create_indexes(con)
 
-    def on_append(self, con: duckdb.DuckDBPyConnection, entries: Sequence[Entry]) -> None:
-        insert_rows(
-            con, ((e.type, (e.seq, e.event_id, e.occurred_at, e.record["data"])) for e in entries)
-        )
+    def on_append(self, con: duckdb.DuckDBPyConnection, appended: Appended) -> None:
+        batch = appended.batch
+        insert_tables(con, appended.first_seq, batch.rows)
         # only extends a contiguous coverage: projections marked stale stay stale until rebuilt
         con.execute(
             f"UPDATE {META_TABLE} SET value = ? WHERE key = 'size' AND value = ?",
-            [entries[-1].seq + 1, entries[0].seq],
+            [appended.first_seq + len(batch), appended.first_seq],
         )
 
 
@@ -186,31 +186,49 @@ def create_indexes(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE INDEX IF NOT EXISTS {table}_{column}_idx ON {table} ({column})")
 
 
-def insert_rows(con: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, _Row]]) -> None:
-    """Insert (event type, row) pairs into their tables, one Arrow table per event type."""
+def rows_to_arrow(items: Iterable[_Row]) -> dict[str, pa.Table]:
+    """(pos, event type, event_id, occurred_at micros, data) -> one Arrow table per event type,
+    in its table's column order with `pos` where `seq` goes (see `insert_tables`)."""
     groups: dict[str, list[_Row]] = defaultdict(list)
-    for etype, row in rows:
-        groups[etype].append(row)
+    for row in items:
+        groups[row[1]].append(row)
+    out: dict[str, pa.Table] = {}
     for etype, group in groups.items():
         spec = _SCHEMAS.get(etype)
         if spec is None:
             continue
-        table, columns, schema = spec
-        arrays = [
-            pa.array([r[0] for r in group], pa.int64()),
-            pa.array([r[1] for r in group], pa.string()),
-            pa.array([r[2] for r in group], pa.int64()).cast(_TS),
-        ]
-        for name, sql in columns[3:]:
-            values = [r[3].get(name) for r in group]
-            if sql == "TIMESTAMPTZ":
-                arrays.append(pa.array(values, pa.int64()).cast(_TS))
-            else:
-                arrays.append(pa.array(values, _SQL_TO_ARROW[sql]))
-        view = f"_proj_{table}"
-        con.register(view, pa.Table.from_arrays(arrays, schema=schema))
+        lists: list[list[Any]] = [[r[0] for r in group], [r[2] for r in group]]
+        lists.append([r[3] for r in group])
+        lists += [[r[4].get(name) for r in group] for name, _ in spec[1][3:]]
+        out[etype] = columns_to_arrow(etype, lists)
+    return out
+
+
+def columns_to_arrow(etype: str, lists: Sequence[list[Any]]) -> pa.Table:
+    """One event type's rows from its column lists (pos, event_id, occurred_at, data...)."""
+    _, columns, schema = _SCHEMAS[etype]
+    arrays = []
+    for (_, sql), values, arrow_field in zip(columns, lists, schema, strict=True):
+        if sql == "TIMESTAMPTZ":
+            arrays.append(pa.array(values, pa.int64()).cast(_TS))
+        else:
+            arrays.append(pa.array(values, arrow_field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def insert_tables(
+    con: duckdb.DuckDBPyConnection, first_seq: int, rows: dict[str, pa.Table]
+) -> None:
+    """Insert `rows_to_arrow` tables, each row's seq being `first_seq` + its pos."""
+    for etype, rows_of_type in rows.items():
+        name = _SCHEMAS[etype][0]
+        table = rows_of_type
+        if first_seq:
+            table = table.set_column(0, "seq", pc.add(table.column(0), first_seq))
+        view = f"_proj_{name}"
+        con.register(view, table)
         try:
-            con.execute(f"INSERT INTO {table} SELECT * FROM {view}")
+            con.execute(f"INSERT INTO {name} SELECT * FROM {view}")
         finally:
             con.unregister(view)
 
@@ -259,15 +277,13 @@ def rebuild(
         ).to_arrow_reader(batch_size)
         for batch in reader:
             cols = batch.to_pydict()
-            rows: list[tuple[str, _Row]] = []
+            rows: list[_Row] = []
             for seq, event_id, payload in zip(
                 cols["seq"], cols["event_id"], cols["payload"], strict=True
             ):
                 record, _ = codec.decode(payload)
-                rows.append(
-                    (record["type"], (seq, event_id, record["occurred_at"], record["data"]))
-                )
-            insert_rows(con, rows)
+                rows.append((seq, record["type"], event_id, record["occurred_at"], record["data"]))
+            insert_tables(con, 0, rows_to_arrow(rows))
             done += len(rows)
             if progress:
                 progress(done)

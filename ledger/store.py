@@ -17,9 +17,11 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ledger import chain
+from ledger.batch import EventBatch
 from ledger.errors import StoreError
 
 FORMAT_VERSION = "1"
@@ -93,18 +95,14 @@ class Rejected(NamedTuple):
     reason: str
 
 
-class Entry(NamedTuple):
-    """An entry as appended: its chain position and hashes, plus the decoded record."""
+class Appended(NamedTuple):
+    """What one append adds, as the extensions see it: the batch after dedupe, in seq order
+    (event i has seq `first_seq + i`), and each event's entry hash."""
 
-    seq: int
-    event_id: str
-    type: str
-    occurred_at: int
-    payload: bytes
+    first_seq: int
+    batch: EventBatch
+    hashes: list[bytes]
     prev_hash: bytes
-    entry_hash: bytes
-    source: str
-    record: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -137,7 +135,7 @@ class StoreExtension(Protocol):
 
     def create_schema(self, con: duckdb.DuckDBPyConnection) -> None: ...
 
-    def on_append(self, con: duckdb.DuckDBPyConnection, entries: Sequence[Entry]) -> None: ...
+    def on_append(self, con: duckdb.DuckDBPyConnection, appended: Appended) -> None: ...
 
 
 def extensions() -> tuple[StoreExtension, ...]:
@@ -274,7 +272,7 @@ class Store:
 
     def append(
         self,
-        events: Sequence[Incoming],
+        events: Sequence[Incoming] | EventBatch,
         rejected: Sequence[Rejected] = (),
         offsets: Mapping[tuple[str, int], int] | None = None,
     ) -> AppendResult:
@@ -285,52 +283,42 @@ class Store:
         """
         if self.read_only:
             raise StoreError(f"{self.path} is open read-only")
+        batch = events if isinstance(events, EventBatch) else EventBatch.from_incoming(events)
         head = self._load_head()
         assert head.event_ids is not None
         seen = head.event_ids
-        fresh: list[Incoming] = []
-        batch_ids: set[str] = set()
-        for ev in events:
-            if ev.event_id in seen or ev.event_id in batch_ids:
-                continue
-            batch_ids.add(ev.event_id)
-            fresh.append(ev)
+        received = len(batch)
+        batch_ids = set(batch.event_id)
+        if len(batch_ids) != received or not seen.isdisjoint(batch_ids):
+            keep: list[int] = []
+            batch_ids = set()
+            for i, event_id in enumerate(batch.event_id):
+                if event_id not in seen and event_id not in batch_ids:
+                    batch_ids.add(event_id)
+                    keep.append(i)
+            batch = batch.select(keep)
         result = AppendResult(
-            appended=len(fresh),
-            duplicates=len(events) - len(fresh),
+            appended=len(batch),
+            duplicates=received - len(batch),
             quarantined=len(rejected),
         )
         seq0 = head.size
-        hashes = list(chain.extend(seq0, head.hash, (ev.payload for ev in fresh)))
-        prevs = [head.hash, *hashes[:-1]] if hashes else []
-        now = datetime.now(UTC)
-        entries = [
-            Entry(
-                seq0 + i,
-                ev.event_id,
-                ev.type,
-                ev.occurred_at,
-                ev.payload,
-                prevs[i],
-                hashes[i],
-                ev.source,
-                ev.record,
-            )
-            for i, ev in enumerate(fresh)
-        ]
-        new_size = seq0 + len(fresh)
+        hashes = list(chain.extend(seq0, head.hash, batch.payload))
+        new_size = seq0 + len(batch)
         new_hash = hashes[-1] if hashes else head.hash
+        now = datetime.now(UTC)
         con = self.con
         try:
             con.execute("BEGIN TRANSACTION")
-            if entries:
-                self._insert_entries(entries, now)
+            if hashes:
+                self._insert_entries(seq0, batch, head.hash, hashes, now)
                 con.execute(
                     "INSERT OR REPLACE INTO ledger_meta VALUES ('head_size', ?), ('head_hash', ?)",
                     [str(new_size), new_hash.hex()],
                 )
+                appended = Appended(seq0, batch, hashes, head.hash)
                 for ext in extensions():
-                    ext.on_append(con, entries)
+                    ext.on_append(con, appended)
             if rejected:
                 self._insert_quarantine(rejected, now)
             if offsets:
@@ -350,21 +338,23 @@ class Store:
         result.head_hash = new_hash
         return result
 
-    def _insert_entries(self, entries: Sequence[Entry], now: datetime) -> None:
+    def _insert_entries(
+        self, seq0: int, batch: EventBatch, prev: bytes, hashes: list[bytes], now: datetime
+    ) -> None:
+        n = len(batch)
         now_us = int(now.timestamp() * 1_000_000)
+        ts = pa.timestamp("us", tz="UTC")
         table = pa.Table.from_arrays(
             [
-                pa.array([e.seq for e in entries], pa.int64()),
-                pa.array([e.event_id for e in entries], pa.string()),
-                pa.array([e.type for e in entries], pa.string()),
-                pa.array([e.occurred_at for e in entries], pa.int64()).cast(
-                    pa.timestamp("us", tz="UTC")
-                ),
-                pa.array([now_us] * len(entries), pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                pa.array([e.payload for e in entries], pa.binary()),
-                pa.array([e.prev_hash for e in entries], pa.binary()),
-                pa.array([e.entry_hash for e in entries], pa.binary()),
-                pa.array([e.source for e in entries], pa.string()),
+                pa.array(np.arange(seq0, seq0 + n, dtype=np.int64)),
+                pa.array(batch.event_id, pa.string()),
+                pa.array(batch.type, pa.string()),
+                pa.array(batch.occurred_at, pa.int64()).cast(ts),
+                pa.array(np.full(n, now_us, dtype=np.int64)).cast(ts),
+                pa.array(batch.payload, pa.binary()),
+                pa.array([prev, *hashes[:-1]], pa.binary()),
+                pa.array(hashes, pa.binary()),
+                pa.array(batch.source, pa.string()),
             ],
             schema=ENTRY_SCHEMA,
         )

@@ -15,7 +15,7 @@ Stored, inside each append's transaction:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
@@ -24,7 +24,7 @@ import pyarrow as pa
 from ledger import merkle
 from ledger.errors import StoreError
 from ledger.merkle import HASH_LEN, NodeId
-from ledger.store import Entry
+from ledger.store import Appended
 
 MIN_LEVEL = 4
 CHUNK_LEVEL = 16
@@ -78,16 +78,16 @@ class MerkleExtension:
         con.execute(SCHEMA_SQL)
         catch_up(con)
 
-    def on_append(self, con: duckdb.DuckDBPyConnection, entries: Sequence[Entry]) -> None:
-        if not entries:
+    def on_append(self, con: duckdb.DuckDBPyConnection, appended: Appended) -> None:
+        if not appended.hashes:
             return
         head = read_head(con)
-        first = entries[0].seq
+        first = appended.first_seq
         if head.size > first:
             raise StoreError(
                 f"Merkle state covers {head.size} entries but the append starts at seq {first}"
             )
-        leaves = _entry_hashes(con, head.size, first) + [e.entry_hash for e in entries]
+        leaves = _entry_hashes(con, head.size, first) + appended.hashes
         _extend(con, head, leaves)
 
 

@@ -84,13 +84,20 @@ def consume_into(
     group: str | None = None,
     until_idle: float = 0.5,
     checkpointer: Checkpointer | None = None,
+    decode_workers: int | None = None,
 ) -> ConsumeStats:
     """Run the ledger consumer in-process until it is idle and caught up."""
     settings = load(
         bootstrap_servers=bootstrap, topic=topic, group=group or f"g-{uuid.uuid4().hex[:8]}"
     )
     with Store.open(db) as store:
-        consumer = LedgerConsumer(store, settings, until_idle=until_idle, checkpointer=checkpointer)
+        consumer = LedgerConsumer(
+            store,
+            settings,
+            until_idle=until_idle,
+            checkpointer=checkpointer,
+            decode_workers=decode_workers,
+        )
         return asyncio.run(consumer.run())
 
 

@@ -108,3 +108,51 @@ def test_unreachable_broker_is_retried_and_said_not_silent(tmp_path: Path) -> No
         assert proc.wait(20) == 0
     finally:
         proc.kill()
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is `pid`, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_sigkilled_consumer_takes_its_decode_worker_with_it(
+    broker: EmbeddedBroker, topic: str, db_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        consume_cmd(broker.bootstrap_servers, topic, db_path, "--decode-workers", "1"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        Stderr(proc).wait_for("assigned")
+        deadline = time.monotonic() + 20
+        while not (workers := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) == 1, "no decode worker started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(workers[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(workers[0]), "the decode worker outlived its consumer"
+    finally:
+        proc.kill()

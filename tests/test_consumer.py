@@ -43,8 +43,9 @@ def _quarantine(db: Path) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "decode-worker"])
 def test_bad_messages_are_quarantined_with_reason_and_coordinates(
-    broker: EmbeddedBroker, topic: str, codec: Codec, db_path: Path
+    broker: EmbeddedBroker, topic: str, codec: Codec, db_path: Path, workers: int
 ) -> None:
     good1, good2 = f.principal("agent:a"), f.action("act-1", "agent:a")
     valid = wire(good1)
@@ -72,7 +73,7 @@ def test_bad_messages_are_quarantined_with_reason_and_coordinates(
         partition=0,
     )
 
-    stats = consume_into(db_path, broker.bootstrap_servers, topic)
+    stats = consume_into(db_path, broker.bootstrap_servers, topic, decode_workers=workers)
 
     assert (stats.appended, stats.quarantined) == (2, len(bad))
     entries = _entries(db_path)
@@ -193,7 +194,7 @@ def test_prepare_batch_skips_offsets_already_appended(codec: Codec) -> None:
 
     prepared = prepare_batch(batch, codec, expected)
 
-    assert [g.source for g in prepared.good] == ["kafka:t/2/12", "kafka:t/2/13"]
+    assert prepared.good.source == ["kafka:t/2/12", "kafka:t/2/13"]
     assert prepared.offsets == {("t", 2): 14}
     assert expected == {("t", 2): 14}
     assert prepare_batch(batch, codec, expected).received == 0

@@ -1,0 +1,123 @@
+"""The decode worker: a real child process that decodes like the consumer would, and never
+takes the consumer down with it (or outlives it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+import pytest
+
+from ledger import events
+from ledger.batch import Decoded, decode_values
+from ledger.codec import Codec
+from ledger.fastdecode import BatchDecoder
+from ledger.workers import DecodeWorkers
+from tests import factories as f
+from tests.test_codec import OLD_DATUM, older_schema, write_with
+
+
+def _values(codec: Codec, n: int = 40) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    for i in range(n):
+        ev = f.principal(f"agent:{i}") if i % 2 else f.action(f"a-{i}", f"agent:{i}")
+        out.append(codec.encode(events.to_record(events.parse_event(ev))))
+    if n > 7:
+        out[5] = b"\x00garbage"
+        out[7] = None
+    return out
+
+
+def _same(a: Decoded, b: Decoded) -> bool:
+    return a._replace(seconds=0, rows={}) == b._replace(seconds=0, rows={}) and all(
+        a.rows[k].equals(b.rows[k]) for k in b.rows
+    )
+
+
+async def _run(workers: DecodeWorkers, batches: list[list[bytes | None]]) -> list[Decoded]:
+    workers.start()
+    jobs = [workers.submit(values) for values in batches]
+    return [await job for job in jobs]
+
+
+def _pid(workers: DecodeWorkers) -> int:
+    worker: Any = workers._worker
+    assert worker is not None
+    return int(worker.proc.pid)
+
+
+def test_a_worker_process_decodes_exactly_like_the_consumer(codec: Codec) -> None:
+    batches = [_values(codec), _values(codec, 10), []]
+    workers = DecodeWorkers(codec, 1)
+    try:
+        got = asyncio.run(_run(workers, batches))
+        pid = _pid(workers)
+    finally:
+        workers.close()
+
+    assert pid != os.getpid()
+    local = BatchDecoder(codec)
+    for decoded, values in zip(got, batches, strict=True):
+        assert _same(decoded, decode_values(values, local))
+    assert got[0].rejected[0][0] == 5 and got[0].rejected[1] == (7, "empty message (no value)")
+
+
+def test_the_worker_gets_the_consumers_extra_schemas() -> None:
+    codec = Codec(extra_writer_schemas=[older_schema()])
+    old = write_with(older_schema(), OLD_DATUM)
+    workers = DecodeWorkers(codec, 1)
+    try:
+        (got,) = asyncio.run(_run(workers, [[old]]))
+    finally:
+        workers.close()
+    assert (got.accepted, got.event_id, got.rejected) == ([0], ["old-1"], [])
+
+
+def test_a_killed_worker_is_replaced_by_decoding_in_process(
+    codec: Codec, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = _values(codec)
+    workers = DecodeWorkers(codec, 1)
+
+    async def scenario() -> tuple[Decoded, Decoded]:
+        first = await workers.submit(values)
+        os.kill(_pid(workers), signal.SIGKILL)
+        second = await workers.submit(values)
+        return first, second
+
+    try:
+        with caplog.at_level(logging.WARNING, "ledger.consume"):
+            first, second = asyncio.run(scenario())
+    finally:
+        workers.close()
+
+    assert _same(second, first)
+    assert workers.in_process
+    assert "decoding in the consumer process from now on" in caplog.text
+
+
+def test_ctrl_c_does_not_reach_the_worker_and_close_ends_it(codec: Codec) -> None:
+    workers = DecodeWorkers(codec, 1)
+    try:
+        asyncio.run(_run(workers, [_values(codec, 4)]))
+        worker: Any = workers._worker
+        os.kill(worker.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the group
+        (again,) = asyncio.run(_run(workers, [_values(codec, 4)]))
+        assert not workers.in_process and again.accepted == [0, 1, 2, 3]
+    finally:
+        workers.close()
+    assert worker.proc.returncode == 0
+
+
+def test_no_worker_means_decoding_in_process(codec: Codec) -> None:
+    values = _values(codec)
+    workers = DecodeWorkers(codec, 0)
+    try:
+        (got,) = asyncio.run(_run(workers, [values]))
+    finally:
+        workers.close()
+    assert workers.in_process and workers._worker is None
+    assert _same(got, decode_values(values, BatchDecoder(codec)))
