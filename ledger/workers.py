@@ -24,8 +24,10 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO, Any
 
 from ledger.batch import Decoded, decode_values
@@ -69,25 +71,51 @@ class _Worker:
     """One decode process; `call` is blocking and runs on the owner's single I/O thread."""
 
     def __init__(self, codec: Codec) -> None:
+        # the package this process runs, even if it is not installed where the child looks
+        here = str(Path(__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ledger.workers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self._errors,
             close_fds=True,
+            env=env,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout
-        self.pid = int(self._call((os.getpid(), codec.extra_schemas)))
+        try:
+            self.pid = int(self._call((os.getpid(), codec.extra_schemas)))
+        except WorkerLost:
+            self.stop(timeout=1.0)
+            raise
 
     def _call(self, request: object) -> Any:
         try:
             _send(self._in, request)
             kind, answer = _recv(self._out)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            raise WorkerLost(f"decode worker exited ({self.proc.poll()}): {exc}") from exc
+            raise WorkerLost(f"decode worker stopped answering ({self._last_words(exc)})") from exc
         if kind != "ok":
             raise WorkerLost(f"decode worker failed: {answer}")
         return answer
+
+    def _last_words(self, exc: BaseException) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(1.0)
+        code = self.proc.poll()
+        said = ""
+        with contextlib.suppress(OSError):
+            self._errors.seek(0)
+            lines = self._errors.read().decode(errors="replace").strip().splitlines()
+            said = lines[-1] if lines else ""
+        if code is None:
+            return f"{type(exc).__name__}: {exc}"
+        if code < 0:
+            return f"killed by signal {-code}" + (f": {said}" if said else "")
+        return f"exit code {code}" + (f": {said}" if said else "")
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
         decoded: Decoded = self._call(values)
@@ -103,6 +131,7 @@ class _Worker:
             self.proc.wait()
         with contextlib.suppress(OSError):
             self._out.close()
+        self._errors.close()
 
 
 class DecodeWorkers:

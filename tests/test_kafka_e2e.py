@@ -77,3 +77,34 @@ def test_sigkilled_consumer_restarts_to_exactly_once(
         assert sum(store.offsets(topic).values()) == N_EVENTS
         report = verify_store(store)
         assert report.ok, report.reason
+
+
+def test_a_decode_worker_killed_mid_stream_loses_nothing(
+    broker: EmbeddedBroker, tmp_path: Path, db_path: Path
+) -> None:
+    from tests.test_cli_consume import _children
+
+    topic = broker.create_topic(f"worker-kill-{random.randrange(1 << 30)}", partitions=4)
+    sent = _events(N_EVENTS)
+    asyncio.run(_produce(broker.bootstrap_servers, topic, tmp_path / "s.spool", sent))
+    cmd = [sys.executable, "-m", "ledger", "consume", "-b", broker.bootstrap_servers,
+           "--topic", topic, "--db", str(db_path), "--until-idle", "2",
+           "--batch-size", "2500", "--decode-workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        log = Stderr(proc)
+        log.wait_for("assigned")
+        deadline = time.monotonic() + 20
+        while not (workers := _children(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers, "no decode worker started"
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(120) == 0
+        assert "decoding in the consumer process from now on" in log.wait_for("decode worker")
+    finally:
+        proc.kill()
+    with Store.open(db_path, read_only=True) as store:
+        ids = [r[0] for r in store.con.execute("SELECT event_id FROM entries").fetchall()]
+        assert sorted(ids) == sorted(e["event_id"] for e in sent)
+        assert store.counts()["quarantined"] == 0
+        assert verify_store(store).ok

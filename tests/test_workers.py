@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 import pytest
@@ -121,3 +122,22 @@ def test_no_worker_means_decoding_in_process(codec: Codec) -> None:
         workers.close()
     assert workers.in_process and workers._worker is None
     assert _same(got, decode_values(values, BatchDecoder(codec)))
+
+
+def test_a_worker_that_cannot_start_is_said_once_with_its_last_words(
+    codec: Codec, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/sh")  # `sh -m ledger.workers`: refuses -m
+    values = _values(codec)
+    workers = DecodeWorkers(codec, 1)
+    try:
+        with caplog.at_level(logging.WARNING, "ledger.consume"):
+            got = asyncio.run(_run(workers, [values, values]))
+    finally:
+        workers.close()
+
+    assert all(_same(d, decode_values(values, BatchDecoder(codec))) for d in got)
+    assert workers.in_process
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "decode worker stopped answering (exit code 2: " in warning
+    assert "decoding in the consumer process from now on" in warning
