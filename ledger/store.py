@@ -23,6 +23,7 @@ import pyarrow as pa
 from ledger import chain
 from ledger.batch import EventBatch
 from ledger.errors import StoreError
+from ledger.seen import SeenIds
 
 FORMAT_VERSION = "1"
 
@@ -125,7 +126,7 @@ class AppendResult:
 class _Head:
     size: int = 0
     hash: bytes = chain.GENESIS
-    event_ids: set[str] | None = field(default=None)
+    seen: SeenIds | None = field(default=None)
 
 
 class StoreExtension(Protocol):
@@ -265,9 +266,7 @@ class Store:
     def _load_head(self) -> _Head:
         if self._head is None:
             size, head_hash = self.head()
-            ids = self.con.sql("SELECT event_id FROM entries").to_arrow_table()
-            event_ids = set(ids.column(0).to_pylist()) if ids.num_rows else set()
-            self._head = _Head(size, head_hash, event_ids)
+            self._head = _Head(size, head_hash, SeenIds(self.con))
         return self._head
 
     def append(
@@ -285,15 +284,14 @@ class Store:
             raise StoreError(f"{self.path} is open read-only")
         batch = events if isinstance(events, EventBatch) else EventBatch.from_incoming(events)
         head = self._load_head()
-        assert head.event_ids is not None
-        seen = head.event_ids
+        assert head.seen is not None
         received = len(batch)
-        batch_ids = set(batch.event_id)
-        if len(batch_ids) != received or not seen.isdisjoint(batch_ids):
+        held = head.seen.held(batch.event_id)
+        if held or len(set(batch.event_id)) != received:
             keep: list[int] = []
-            batch_ids = set()
+            batch_ids: set[str] = set()
             for i, event_id in enumerate(batch.event_id):
-                if event_id not in seen and event_id not in batch_ids:
+                if event_id not in held and event_id not in batch_ids:
                     batch_ids.add(event_id)
                     keep.append(i)
             batch = batch.select(keep)
@@ -333,7 +331,7 @@ class Store:
             raise
         head.size = new_size
         head.hash = new_hash
-        seen.update(batch_ids)
+        head.seen.add(batch.event_id)
         result.size = new_size
         result.head_hash = new_hash
         return result

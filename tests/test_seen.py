@@ -1,0 +1,67 @@
+"""The writer's dedupe index: exact answers from hashes, never an event dropped by a collision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import ledger.seen as seen_module
+from ledger.codec import Codec
+from ledger.seen import SeenIds
+from ledger.store import Store
+from tests.test_store import sample
+
+
+def test_held_is_exact_across_appends_and_reopening(db_path: Path, codec: Codec) -> None:
+    batch = sample(codec, 30)
+    with Store.open(db_path) as store:
+        store.append(batch[:10])
+        seen = SeenIds(store.con)
+        assert len(seen) == 10
+        ids = [ev.event_id for ev in batch]
+        assert seen.held(ids) == set(ids[:10])
+        assert seen.held(["nope", ids[3]]) == {ids[3]}
+        assert seen.held([]) == set()
+        store.append(batch[10:20])
+    with Store.open(db_path) as store:
+        result = store.append(batch)  # a fresh writer rebuilds its index from `entries`
+        assert (result.appended, result.duplicates, result.size) == (10, 20, 30)
+
+
+def _collide(ids: Sequence[str]) -> npt.NDArray[np.int64]:
+    return np.full(len(ids), 42, dtype=np.int64)
+
+
+def test_a_hash_collision_never_drops_an_event(
+    db_path: Path, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seen_module, "_hashes", _collide)  # every id hashes the same
+    batch = sample(codec, 12)
+    with Store.open(db_path) as store:
+        first = store.append(batch[:6])
+    with Store.open(db_path) as store:  # reopened: all six are old hashes now
+        second = store.append(batch[3:])
+        assert (first.appended, second.appended, second.duplicates) == (6, 6, 3)
+        ids = [r[0] for r in store.con.execute("SELECT event_id FROM entries").fetchall()]
+        assert sorted(ids) == sorted(ev.event_id for ev in batch)
+
+
+def test_recent_ids_merge_into_the_sorted_base(
+    db_path: Path, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seen_module, "_MIN_MERGE", 4)
+    batch = sample(codec, 40)
+    with Store.open(db_path) as store:
+        seen = SeenIds(store.con)
+        for lo in range(0, 40, 5):
+            part = batch[lo : lo + 5]
+            store.append(part)
+            seen.add([ev.event_id for ev in part])
+        assert len(seen) == 40 and len(seen._recent) < 4
+        assert np.all(np.diff(seen._base) >= 0)
+        ids = [ev.event_id for ev in batch]
+        assert seen.held([*ids[::7], "other"]) == set(ids[::7])
