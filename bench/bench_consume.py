@@ -136,9 +136,10 @@ def main() -> None:
     emit_rate = N / emit_s
     raw_rate, raw_default_rate = statistics.median(raws), statistics.median(raw_defaults)
     rate = statistics.median(rates)
-    ratio = statistics.median(r / c for r, c in zip(rates, raws, strict=True))
-    ratio_default = statistics.median(r / c for r, c in zip(rates, raw_defaults, strict=True))
-    ratio_single = statistics.median(r / c for r, c in zip(single_rates, raws, strict=True))
+    # the ceiling of a round is the faster of its two raw runs: the ratio is never flattered
+    ceilings = [max(a, b) for a, b in zip(raws, raw_defaults, strict=True)]
+    ratio = statistics.median(r / c for r, c in zip(rates, ceilings, strict=True))
+    ratio_single = statistics.median(r / c for r, c in zip(single_rates, ceilings, strict=True))
     wall_rate = statistics.median(N / s.seconds for s, _ in runs)
     us = 1e6 / N
     md = f"""## consume (Kafka pipeline)
@@ -161,8 +162,8 @@ process), each ledger run into a fresh file; ratios are medians of the per-round
 | {statistics.median(single_rates):,.0f} | |
 | `ledger consume` wall clock incl. group join, worker start and 1 s idle exit \
 | {wall_rate:,.0f} | |
-| **ratio** consume / raw ceiling (same fetch sizes) | {ratio:.3f} | >= 0.12 (aim 0.25) |
-| ratio consume / raw with default fetch sizes | {ratio_default:.3f} | |
+| **ratio** consume / raw ceiling (the faster raw run of each round) | {ratio:.3f} \
+| >= 0.12 (aim 0.25) |
 | ratio in one process / raw ceiling | {ratio_single:.3f} | |
 
 Rounds, events/s: with the decode worker {", ".join(f"{r:,.0f}" for r in rates)}; in one

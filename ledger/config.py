@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ledger.errors import ConfigError
 
 DEFAULT_DB = "ledger.duckdb"
 DEFAULT_TOPIC = "agent-audit-events"
@@ -65,4 +67,12 @@ class Settings(BaseSettings):
 
 def load(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides from flags on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"setting {name} (LEDGER_{name.upper()} or --{name.replace('_', '-')}): "
+            f"{err['msg']}, got {err['input']!r}"
+        ) from exc
