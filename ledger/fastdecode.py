@@ -25,7 +25,20 @@ class _Reject(Exception):
     """The fast path does not accept these bytes; `Codec.decode` gives the verdict."""
 
 
+_EIGHT = 0x0080808080808080  # continuation bits of an 8-byte varint: bytes 0-6 set, 7 clear
+
+
 def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    word = buf[pos : pos + 8]
+    if len(word) == 8:  # timestamps in microseconds take 8 bytes: one int, no byte loop
+        w = int.from_bytes(word, "little")
+        if w & 0x8080808080808080 == _EIGHT:
+            acc = (
+                (w & 0x7F) | (w >> 1 & 0x3F80) | (w >> 2 & 0x1FC000) | (w >> 3 & 0xFE00000)
+                | (w >> 4 & 0x7F0000000) | (w >> 5 & 0x3F800000000)
+                | (w >> 6 & 0x1FC0000000000) | (w >> 7 & 0xFE000000000000)
+            )  # fmt: skip
+            return (acc >> 1) ^ -(acc & 1), pos + 8
     shift = acc = 0
     while True:
         byte = buf[pos]

@@ -206,13 +206,10 @@ def rows_to_arrow(items: Iterable[_Row]) -> dict[str, pa.Table]:
 
 def columns_to_arrow(etype: str, lists: Sequence[list[Any]]) -> pa.Table:
     """One event type's rows from its column lists (pos, event_id, occurred_at, data...)."""
-    _, columns, schema = _SCHEMAS[etype]
-    arrays = []
-    for (_, sql), values, arrow_field in zip(columns, lists, schema, strict=True):
-        if sql == "TIMESTAMPTZ":
-            arrays.append(pa.array(values, pa.int64()).cast(_TS))
-        else:
-            arrays.append(pa.array(values, arrow_field.type))
+    schema = _SCHEMAS[etype][2]
+    arrays = [  # timestamps go in as ints of microseconds
+        pa.array(values, field.type) for values, field in zip(lists, schema, strict=True)
+    ]
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

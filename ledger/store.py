@@ -347,7 +347,7 @@ class Store:
                 pa.array(np.arange(seq0, seq0 + n, dtype=np.int64)),
                 pa.array(batch.event_id, pa.string()),
                 pa.array(batch.type, pa.string()),
-                pa.array(batch.occurred_at, pa.int64()).cast(ts),
+                pa.array(batch.occurred_at, ts),
                 pa.array(np.full(n, now_us, dtype=np.int64)).cast(ts),
                 pa.array(batch.payload, pa.binary()),
                 pa.array([prev, *hashes[:-1]], pa.binary()),

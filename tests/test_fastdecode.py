@@ -79,3 +79,27 @@ def test_same_verdict_on_damaged_bytes(codec: Codec, seed: int) -> None:
             damaged.append(bytes(b))
         for bad in damaged:
             assert _outcome(fast.decode, bad) == _outcome(codec.decode, bad), bad.hex()
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append(z & 0x7F | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def test_read_long_agrees_with_the_varint_definition_at_every_length() -> None:
+    from ledger.fastdecode import _Reject, _read_long
+
+    rng = random.Random(5)
+    values = [0, -1, 1, 63, -64, 64, (1 << 63) - 1, -(1 << 63), 1_774_260_000_000_000]
+    for bits in range(1, 64):
+        values += [(1 << bits) - 1, 1 << bits, -(1 << bits), rng.getrandbits(bits)]
+    for v in [v for v in values if -(1 << 63) <= v < 1 << 63]:
+        wire = b"\x07" + _varint(v) + b"\x99\x01"
+        assert _read_long(wire, 1) == (v, 1 + len(_varint(v))), v
+        with pytest.raises((IndexError, _Reject)):
+            _read_long(wire[: len(_varint(v))], 1)  # cut short: never a value
