@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from ledger import merkle, treestore
 from ledger.config import Settings
 from ledger.errors import ConfigError, StoreError, VerificationError
 from ledger.store import Store
+
+log = logging.getLogger("ledger.checkpoint")
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "
@@ -284,10 +287,16 @@ def write_keypair(
 
 
 def load_signer(path: str | os.PathLike[str]) -> Signer:
+    """The signing key in `path`; like ssh, it says so when others may read that file."""
     try:
         text = Path(path).read_text()
+        mode = os.stat(path).st_mode & 0o777
     except OSError as exc:
         raise ConfigError(f"cannot read private key {path}: {exc.strerror}") from exc
+    if os.name == "posix" and mode & 0o077:
+        log.warning(
+            "private key %s can be read by others (mode %03o): run `chmod 600 %s`", path, mode, path
+        )
     return Signer.parse(text)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import stat
 from pathlib import Path
 
@@ -90,6 +91,21 @@ def test_keygen_files(tmp_path: Path) -> None:
         ckpt.write_keypair(tmp_path / "keys")
     ckpt.write_keypair(tmp_path / "keys", force=True)
     assert ckpt.load_signer(key) != signer
+
+
+def test_a_private_key_others_can_read_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, _ = ckpt.write_keypair(tmp_path / "keys", "example.org/ledger")
+    with caplog.at_level(logging.WARNING, "ledger.checkpoint"):
+        ckpt.load_signer(key)
+        assert caplog.records == []
+        key.chmod(0o644)
+        signer = ckpt.load_signer(key)
+    assert signer.verifier.name == "example.org/ledger"
+    (record,) = caplog.records
+    assert f"private key {key} can be read by others (mode 644)" in record.getMessage()
+    assert f"chmod 600 {key}" in record.getMessage()
 
 
 def test_create_stores_signs_and_is_deterministic(db_path: Path) -> None:
