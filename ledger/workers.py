@@ -152,7 +152,7 @@ class DecodeWorkers:
     def _ensure(self) -> _Worker:
         if self._worker is None:
             self._worker = _Worker(self.codec)
-            log.debug("decode worker %d ready", self._worker.pid)
+            log.info("decoding on worker process %d", self._worker.pid)
         return self._worker
 
     def start(self) -> asyncio.Future[object] | None:
