@@ -15,17 +15,17 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ledger.batch import Decoded, EventBatch, decode_values
+from ledger.batch import Decoded
 from ledger.codec import Codec, default_codec
 from ledger.config import Settings
 from ledger.errors import BrokerError
-from ledger.fastdecode import FastDecoder
-from ledger.store import Rejected, Store, fetch_one
+from ledger.fetch import Fetched, Prepared, assemble, split_batch
+from ledger.store import Store, fetch_one
 from ledger.workers import DecodeWorkers, default_workers
 
 log = logging.getLogger("ledger.consume")
@@ -60,76 +60,6 @@ class ConsumeStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(slots=True)
-class Fetched:
-    """One `getmany` result, flattened for decoding: values, their coordinates, next offsets."""
-
-    values: list[bytes | None]
-    sources: list[str]
-    offsets: dict[tuple[str, int], int]
-
-
-def split_batch(
-    batch: Mapping[Any, Sequence[Any]], expected: dict[tuple[str, int], int]
-) -> Fetched:
-    """Flatten a fetch, dropping messages already appended (a refetch after a seek).
-
-    `expected` holds the next offset per partition and is advanced here, so the quarantine
-    never gets duplicates either.
-    """
-    values: list[bytes | None] = []
-    sources: list[str] = []
-    offsets: dict[tuple[str, int], int] = {}
-    for tp, messages in batch.items():
-        key = (tp.topic, tp.partition)
-        floor = expected.get(key, -1)
-        prefix = f"kafka:{tp.topic}/{tp.partition}/"
-        last = -1
-        for msg in messages:
-            offset = msg.offset
-            if offset < floor:
-                continue
-            last = offset
-            values.append(msg.value)
-            sources.append(prefix + str(offset))
-        if last >= 0:
-            offsets[key] = last + 1
-            expected[key] = last + 1
-    return Fetched(values, sources, offsets)
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A decoded fetch, ready for `Store.append`."""
-
-    good: EventBatch
-    bad: list[Rejected]
-    offsets: dict[tuple[str, int], int]
-    received: int
-    decode_seconds: float = 0.0
-
-
-def assemble(fetched: Fetched, decoded: Decoded) -> Prepared:
-    values, sources = fetched.values, fetched.sources
-    return Prepared(
-        decoded.batch(values, sources),
-        [Rejected(sources[i], values[i], reason) for i, reason in decoded.rejected],
-        fetched.offsets,
-        len(values),
-        decoded.seconds,
-    )
-
-
-def prepare_batch(
-    batch: Mapping[Any, Sequence[Any]],
-    codec: Codec | FastDecoder,
-    expected: dict[tuple[str, int], int],
-) -> Prepared:
-    """Split and decode one fetch in this process (see `split_batch`, `decode_values`)."""
-    fetched = split_batch(batch, expected)
-    return assemble(fetched, decode_values(fetched.values, codec))
 
 
 def _liveness(settings: Settings) -> tuple[int, int]:

@@ -8,12 +8,11 @@ import json
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import fastavro
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from click.testing import CliRunner
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
@@ -21,7 +20,6 @@ from ledger import events
 from ledger.broker import EmbeddedBroker
 from ledger.cli import cli
 from ledger.codec import Codec
-from ledger.consumer import prepare_batch
 from ledger.store import Store
 from ledger.verify import verify_store
 from tests import factories as f
@@ -184,20 +182,6 @@ def test_external_fastavro_producer_is_consumed_like_the_emitter(
     for (_, _, payload, _), ev in zip(entries, sent, strict=True):
         record, _name = codec.decode(payload)
         assert events.to_json_dict(record) == ev
-
-
-def test_prepare_batch_skips_offsets_already_appended(codec: Codec) -> None:
-    tp = TopicPartition("t", 2)
-    payloads = [wire(f.principal(f"agent:{i}")) for i in range(4)]
-    batch = {tp: [SimpleNamespace(offset=10 + i, value=p) for i, p in enumerate(payloads)]}
-    expected = {("t", 2): 12}
-
-    prepared = prepare_batch(batch, codec, expected)
-
-    assert prepared.good.source == ["kafka:t/2/12", "kafka:t/2/13"]
-    assert prepared.offsets == {("t", 2): 14}
-    assert expected == {("t", 2): 14}
-    assert prepare_batch(batch, codec, expected).received == 0
 
 
 @pytest.mark.integration

@@ -1,0 +1,87 @@
+"""One Kafka fetch on its way into the ledger: flattened, decoded, joined with coordinates.
+
+Pure functions over `getmany` results, kept apart from the consumer's session handling so
+that they can be tested without a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.batch import Decoded, EventBatch, decode_values
+from ledger.codec import Codec
+from ledger.fastdecode import BatchDecoder, FastDecoder
+from ledger.store import Rejected
+
+
+@dataclass(slots=True)
+class Fetched:
+    """One `getmany` result, flattened for decoding: values, their coordinates, next offsets."""
+
+    values: list[bytes | None]
+    sources: list[str]
+    offsets: dict[tuple[str, int], int]
+
+
+def split_batch(
+    batch: Mapping[Any, Sequence[Any]], expected: dict[tuple[str, int], int]
+) -> Fetched:
+    """Flatten a fetch, dropping messages already appended (a refetch after a seek).
+
+    `expected` holds the next offset per partition and is advanced here, so the quarantine
+    never gets duplicates either.
+    """
+    values: list[bytes | None] = []
+    sources: list[str] = []
+    offsets: dict[tuple[str, int], int] = {}
+    for tp, messages in batch.items():
+        key = (tp.topic, tp.partition)
+        floor = expected.get(key, -1)
+        prefix = f"kafka:{tp.topic}/{tp.partition}/"
+        last = -1
+        for msg in messages:
+            offset = msg.offset
+            if offset < floor:
+                continue
+            last = offset
+            values.append(msg.value)
+            sources.append(prefix + str(offset))
+        if last >= 0:
+            offsets[key] = last + 1
+            expected[key] = last + 1
+    return Fetched(values, sources, offsets)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A decoded fetch, ready for `Store.append`."""
+
+    good: EventBatch
+    bad: list[Rejected]
+    offsets: dict[tuple[str, int], int]
+    received: int
+    decode_seconds: float = 0.0
+
+
+def assemble(fetched: Fetched, decoded: Decoded) -> Prepared:
+    """The fetch's bytes and coordinates joined with what decoding made of them."""
+    values, sources = fetched.values, fetched.sources
+    return Prepared(
+        decoded.batch(values, sources),
+        [Rejected(sources[i], values[i], reason) for i, reason in decoded.rejected],
+        fetched.offsets,
+        len(values),
+        decoded.seconds,
+    )
+
+
+def prepare_batch(
+    batch: Mapping[Any, Sequence[Any]],
+    codec: Codec | FastDecoder | BatchDecoder,
+    expected: dict[tuple[str, int], int],
+) -> Prepared:
+    """Split and decode one fetch in this process (see `split_batch`, `decode_values`)."""
+    fetched = split_batch(batch, expected)
+    return assemble(fetched, decode_values(fetched.values, codec))
