@@ -331,7 +331,7 @@ class Store:
             raise
         head.size = new_size
         head.hash = new_hash
-        head.seen.add(batch.event_id)
+        head.seen.add(batch.event_id, seq0)
         result.size = new_size
         result.head_hash = new_hash
         return result

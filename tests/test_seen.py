@@ -60,8 +60,11 @@ def test_recent_ids_merge_into_the_sorted_base(
         for lo in range(0, 40, 5):
             part = batch[lo : lo + 5]
             store.append(part)
-            seen.add([ev.event_id for ev in part])
+            seen.add([ev.event_id for ev in part], lo)
         assert len(seen) == 40 and len(seen._recent) < 4
-        assert np.all(np.diff(seen._base) >= 0)
+        assert np.all(np.diff(seen._hash) >= 0)
+        by_seq = dict(store.con.execute("SELECT seq, event_id FROM entries").fetchall())
+        hashed = {hash(by_seq[int(q)]): int(q) for q in seen._seq}
+        assert all(hashed[int(h)] == int(q) for h, q in zip(seen._hash, seen._seq, strict=True))
         ids = [ev.event_id for ev in batch]
         assert seen.held([*ids[::7], "other"]) == set(ids[::7])
