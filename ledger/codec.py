@@ -246,9 +246,12 @@ class Codec:
         except (_Unsupported, KeyError, TypeError):
             self._fast = None
         self._writers: dict[bytes, Any] = {self.fingerprint: None}
-        #: every writer schema registered, so a worker process can rebuild the same codec
         self.extra_schemas: list[dict[str, Any]] = []
-        for older in [*released_schemas(), *extra_writer_schemas]:
+        for older in released_schemas():
+            self.register(older)
+        #: writer schemas beyond the shipped ones, so a worker process can rebuild this codec
+        self.extra_schemas = []
+        for older in extra_writer_schemas:
             self.register(older)
 
     def register(self, writer_schema: dict[str, Any]) -> bytes:
