@@ -22,11 +22,11 @@ from typing import Any
 
 from bench.generate import generate
 from bench.results import environment, write_section
-from ledger.broker import EmbeddedBroker
 from ledger.config import load
-from ledger.consumer import ConsumeStats, LedgerConsumer, tune_process
-from ledger.emitter import Emitter
 from ledger.store import Store
+from ledger.stream.broker import EmbeddedBroker
+from ledger.stream.consumer import ConsumeStats, LedgerConsumer, tune_process
+from ledger.stream.emitter import Emitter
 
 N = int(os.environ.get("BENCH_CONSUME_EVENTS", "200000"))
 SEED = 2027

@@ -15,15 +15,13 @@ import time
 from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
-from unittest import mock
 
-import ledger.store as store_module
 from bench.generate import write_jsonl
 from bench.results import environment, write_section
-from ledger.codec import default_codec
-from ledger.ingest import ingest, prepare, read_lines
-from ledger.store import Store
-from ledger.verify import _check_rows, verify_store
+from ledger.contract.codec import default_codec
+from ledger.integrity.verify import _check_rows, verify_store
+from ledger.store import Store, StoreExtension
+from ledger.stream.ingest import ingest, prepare, read_lines
 
 N = int(os.environ.get("BENCH_INGEST_EVENTS", "100000"))
 SEED = 2026
@@ -44,9 +42,9 @@ def fresh(path: Path) -> Path:
     return path
 
 
-def run_ingest(src: Path, db: Path) -> float:
+def run_ingest(src: Path, db: Path, extensions: list[StoreExtension] | None = None) -> float:
     def go() -> None:
-        with Store.open(fresh(db)) as store:
+        with Store.open(fresh(db), extensions=extensions) as store:
             summary = ingest(store, read_lines([str(src)]))
         assert (summary.appended, summary.quarantined) == (N, 0), summary
 
@@ -112,8 +110,7 @@ def main() -> None:
     t_json = baseline_json(lines)
     t_prepare = baseline_prepare(lines)
     t_ingest = run_ingest(src, db)
-    with mock.patch.object(store_module, "extensions", lambda: ()):
-        t_ingest_chain = run_ingest(src, chain_db)
+    t_ingest_chain = run_ingest(src, chain_db, extensions=[])
     t_verify = [run_verify(db) for _ in range(3)]
     t_verify_chain = [run_verify(db, chain_only=True) for _ in range(3)]
     t_hash = baseline_hash_chain(db)

@@ -20,13 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ledger import checkpoint as ckpt
-from ledger import proofs, store, treestore
-from ledger.codec import default_codec
-from ledger.events import parse_event, to_record
-from ledger.proofcheck import check_bundle
-from ledger.store import Incoming, Store
-from ledger.verify import verify_store
+from ledger.contract.codec import default_codec
+from ledger.contract.events import parse_event, to_record
+from ledger.integrity import checkpoint as ckpt
+from ledger.integrity import proofs
+from ledger.integrity.proofcheck import check_bundle
+from ledger.integrity.verify import verify_store
+from ledger.store import Incoming, Store, treestore
+from ledger.tlog import note as signed_note
 
 BATCH = 10_000
 
@@ -87,17 +88,12 @@ class _Timed(treestore.MerkleExtension):
 
 def _build(path: Path, n: int, merkle: bool = True) -> tuple[float, float]:
     """(seconds to append n events, of which seconds inside the Merkle extension)."""
-    original = store.extensions
-    store.extensions = (lambda: (_Timed(),)) if merkle else (lambda: ())  # type: ignore[assignment]
     _Timed.spent = 0.0
-    try:
-        t = time.perf_counter()
-        with Store.open(path) as s:
-            for batch in _events(n):
-                s.append(batch)
-        return time.perf_counter() - t, _Timed.spent
-    finally:
-        store.extensions = original  # type: ignore[assignment]
+    t = time.perf_counter()
+    with Store.open(path, extensions=[_Timed()] if merkle else []) as s:
+        for batch in _events(n):
+            s.append(batch)
+    return time.perf_counter() - t, _Timed.spent
 
 
 def _ms(xs: list[float]) -> str:
@@ -109,7 +105,7 @@ def _ms(xs: list[float]) -> str:
 def measure(n: int, workdir: Path) -> dict[str, Any]:
     path = workdir / f"ledger-{n}.duckdb"
     build_s, merkle_s = _build(path, n)
-    signer = ckpt.Signer.generate("bench.example/ledger")
+    signer = signed_note.Signer.generate("bench.example/ledger")
     out: dict[str, Any] = {"n": n, "build_s": build_s, "merkle_s": merkle_s}
     with Store.open(path) as s:
         t = time.perf_counter()

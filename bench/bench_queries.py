@@ -24,11 +24,10 @@ from typing import Any
 import duckdb
 
 from bench.generate import generate
-from ledger import store as store_mod
-from ledger.codec import default_codec
-from ledger.projections import Projections
-from ledger.queries import Ledger
-from ledger.store import Appended, Incoming, Store
+from ledger.contract.codec import default_codec
+from ledger.query.ledger import Ledger
+from ledger.store import Appended, Incoming, Store, default_extensions
+from ledger.store.projections import Projections
 
 BATCH = 10_000
 SAMPLES = 200
@@ -80,26 +79,21 @@ class _TimedProjections(Projections):
 
 def build(path: Path, n: int, seed: int = 7) -> dict[str, float]:
     """Build the ledger through Store.append; returns timings (seconds)."""
-    original = store_mod.extensions
-    others = tuple(e for e in original() if not isinstance(e, Projections))
-    store_mod.extensions = lambda: (_TimedProjections(), *others)  # type: ignore[assignment]
+    others = tuple(e for e in default_extensions() if not isinstance(e, Projections))
     _TimedProjections.spent = 0.0
     prepare = append = 0.0
-    try:
-        with Store.open(path) as store:
-            batches = _incoming(n, seed)
-            while True:
-                t0 = time.perf_counter()
-                batch = next(batches, None)
-                prepare += time.perf_counter() - t0
-                if batch is None:
-                    break
-                t0 = time.perf_counter()
-                store.append(batch)
-                append += time.perf_counter() - t0
-            store.con.execute("CHECKPOINT")
-    finally:
-        store_mod.extensions = original
+    with Store.open(path, extensions=[_TimedProjections(), *others]) as store:
+        batches = _incoming(n, seed)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            prepare += time.perf_counter() - t0
+            if batch is None:
+                break
+            t0 = time.perf_counter()
+            store.append(batch)
+            append += time.perf_counter() - t0
+        store.con.execute("CHECKPOINT")
     return {"prepare": prepare, "append": append, "projections": _TimedProjections.spent}
 
 

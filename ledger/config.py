@@ -43,27 +43,6 @@ class Settings(BaseSettings):
     spool: str | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
 
-    def kafka_security(self) -> dict[str, Any]:
-        """aiokafka keyword arguments for talking to a secured cluster."""
-        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.security_protocol in ("SSL", "SASL_SSL"):
-            import ssl
-
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = (
-                create_ssl_context(cafile=self.ssl_cafile)
-                if self.ssl_cafile
-                else ssl.create_default_context()
-            )
-        if self.security_protocol.startswith("SASL"):
-            kwargs["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
-            kwargs["sasl_plain_username"] = self.sasl_username
-            kwargs["sasl_plain_password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else None
-            )
-        return kwargs
-
 
 def load(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides from flags on top."""

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from ledger.broker import EmbeddedBroker
-from ledger.codec import Codec, default_codec
+from ledger.contract.codec import Codec, default_codec
+from ledger.stream.broker import EmbeddedBroker
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ledger.config import load
-from ledger.consumer import Checkpointer, ConsumeStats, LedgerConsumer
 from ledger.store import Store
+from ledger.stream.consumer import Checkpointer, ConsumeStats, LedgerConsumer
 
 Value = bytes | tuple[bytes | None, bytes]
 
@@ -123,7 +123,7 @@ class Stderr:
 
 def wire(ev: dict[str, Any]) -> bytes:
     """A JSON-form event as the Emitter would put it on Kafka (validated, single-object Avro)."""
-    from ledger import events
-    from ledger.codec import default_codec
+    from ledger.contract import events
+    from ledger.contract.codec import default_codec
 
     return default_codec().encode(events.to_record(events.parse_event(ev)))

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ledger.cli import EXIT_ERROR, EXIT_OK, db_option, echo_json, json_option
+from ledger.cli._common import EXIT_ERROR, EXIT_OK, db_option, echo_json, json_option
 from ledger.errors import ConfigError
 
 
@@ -53,7 +53,7 @@ def keygen(out_dir: str, name: str, force: bool, as_json: bool) -> None:
       ledger keygen --out keys/
       export LEDGER_KEY=keys/ledger.key
     """
-    from ledger.checkpoint import write_keypair
+    from ledger.integrity.checkpoint import write_keypair
 
     key, vkey = write_keypair(out_dir, name, force)
     text = vkey.read_text().strip()
@@ -84,7 +84,7 @@ def checkpoint_cmd(
       ledger checkpoint --key keys/ledger.key --out cp-$(date +%s).txt
       LEDGER_KEY=keys/ledger.key ledger checkpoint --json
     """
-    from ledger.checkpoint import create, resolve
+    from ledger.integrity.checkpoint import create, resolve
     from ledger.store import Store
 
     signer, origin = resolve(key, origin, db)
@@ -140,9 +140,11 @@ def prove(
       ledger prove 0193a1b2-... --out proof.json
       ledger prove --consistency 1000 --to 5000 --out grew.json
     """
-    from ledger import config, proofs
-    from ledger.checkpoint import Signer, Verifier, load_signer
+    from ledger import config
+    from ledger.integrity import proofs
+    from ledger.integrity.checkpoint import load_signer
     from ledger.store import Store
+    from ledger.tlog.note import Signer, Verifier
 
     if (event_id is None) == (old_size is None):
         raise click.UsageError("give either EVENT_ID or --consistency OLD_SIZE")
@@ -192,7 +194,7 @@ def verify_proof(file: str, public_key: str | None, as_json: bool) -> int:
 
     Exit: 0 the bundle proves what it says, 1 it does not (the reason is printed).
     """
-    from ledger.proofcheck import ProofCheckError, check_file
+    from ledger.integrity.proofcheck import ProofCheckError, check_file
 
     pinned = _key_text(public_key) if public_key else None
     try:

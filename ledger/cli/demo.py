@@ -6,7 +6,7 @@ import time
 
 import click
 
-from ledger.cli import echo_json, json_option
+from ledger.cli._common import echo_json, json_option
 
 
 @click.command()
@@ -32,7 +32,7 @@ def demo(db: str, keep_broker: bool, as_json: bool) -> None:
       ledger demo --keep-broker        # then point `ledger emit` at the printed address
     """
     from ledger import demo as demo_lib
-    from ledger.broker import EmbeddedBroker
+    from ledger.stream.broker import EmbeddedBroker
 
     def say(msg: str) -> None:
         click.echo(msg, err=True)

@@ -10,15 +10,16 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ledger.blast import BlastRadius
-from ledger.cli import EXIT_OK, Progress, db_option, echo_json, json_option, render_table
-from ledger.custody import Trace
-from ledger.queries import Ledger
-from ledger.rules import KINDS, iso, jsonable
+from ledger.cli._common import EXIT_OK, Progress, db_option, echo_json, json_option, render_table
+from ledger.query.rules import KINDS, iso, jsonable
+
+if TYPE_CHECKING:
+    from ledger.query.blast import BlastRadius
+    from ledger.query.custody import Trace
 
 
 class _Time(click.ParamType[datetime, Any]):
@@ -75,6 +76,8 @@ def trace(action_id: str, db: str, fmt: str, as_json: bool) -> int:
 
     Exit: 0 found (even with violations), 1 unknown action id.
     """
+    from ledger.query import Ledger
+
     with Ledger.open(db) as ledger:
         result = ledger.trace(action_id)
     if as_json or fmt == "json":
@@ -266,6 +269,8 @@ def blast_radius(
     given = [x for x in (principal, delegation, credential) if x is not None]
     if len(given) != 1:
         raise click.UsageError("give exactly one of --principal, --delegation, --credential")
+    from ledger.query import Ledger
+
     with Ledger.open(db) as ledger:
         result = ledger.blast_radius(principal, delegation, credential, since, until)
     if as_json:
@@ -363,6 +368,8 @@ def violations(
 
     Exit: 0 (also when violations are found), 1 error.
     """
+    from ledger.query import Ledger
+
     with Ledger.open(db) as ledger:
         found = ledger.violations(
             [k.upper() for k in kinds] or None,
@@ -410,6 +417,8 @@ def inventory(db: str, as_json: bool) -> int:
 
     Exit: 0 done, 1 error.
     """
+    from ledger.query import Ledger
+
     with Ledger.open(db) as ledger:
         items = ledger.inventory()
     if as_json:
@@ -473,6 +482,8 @@ def sql(query: str, db: str, as_json: bool, as_csv: bool) -> int:
     """
     if as_json and as_csv:
         raise click.UsageError("--json and --csv are exclusive")
+    from ledger.query import Ledger
+
     with Ledger.open(db) as ledger:
         result = ledger.sql(query)
     if as_json:
@@ -519,8 +530,8 @@ def rebuild(db: str, as_json: bool) -> int:
 
     Exit: 0 rebuilt, 1 error.
     """
-    from ledger.projections import rebuild as run_rebuild
     from ledger.store import Store
+    from ledger.store.projections import rebuild as run_rebuild
 
     meter = Progress("rebuild")
     with Store.open(db) as store:

@@ -12,7 +12,14 @@ from typing import Any, TypeVar
 
 import click
 
-from ledger.cli import EXIT_ERROR, EXIT_OK, EXIT_QUARANTINED, db_option, echo_json, json_option
+from ledger.cli._common import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_QUARANTINED,
+    db_option,
+    echo_json,
+    json_option,
+)
 from ledger.errors import LedgerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,8 +87,8 @@ def emit(
     Exit: 0 all sent, 3 some lines skipped (--skip-invalid), 1 invalid input or Kafka error.
     """
     from ledger.config import load
-    from ledger.emitfile import emit_lines
-    from ledger.ingest import read_lines
+    from ledger.stream.emitfile import emit_lines
+    from ledger.stream.ingest import read_lines
 
     if file != "-" and not os.path.isfile(file):
         raise LedgerError(f"no such file: {file}")
@@ -205,9 +212,9 @@ def consume(
 
     Exit: 0 stopped by signal or idle, 1 error.
     """
-    from ledger.checkpoint import Checkpointer
     from ledger.config import load
-    from ledger.consumer import consume as run_consume
+    from ledger.integrity.checkpoint import Checkpointer
+    from ledger.stream.consumer import consume as run_consume
 
     _logging(verbose)
     settings = load(
@@ -246,7 +253,7 @@ def broker(port: int | None) -> int:
 
     Exit: 0 after Ctrl-C or SIGTERM, 1 if it cannot start.
     """
-    from ledger.broker import EmbeddedBroker
+    from ledger.stream.broker import EmbeddedBroker
 
     stop = {"now": False}
 

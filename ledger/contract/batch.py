@@ -10,20 +10,41 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
-from ledger import events
+from ledger.contract import events
+from ledger.contract.codec import Codec
+from ledger.contract.columns import Row, rows_to_arrow
+from ledger.contract.fastdecode import BatchDecoder, FastDecoder
 from ledger.errors import LedgerError
-from ledger.fastdecode import BatchDecoder
-from ledger.projections import rows_to_arrow
 
-if TYPE_CHECKING:
-    from ledger.codec import Codec
-    from ledger.fastdecode import FastDecoder
-    from ledger.store import Incoming
+__all__ = ["Decoded", "EventBatch", "Incoming", "Rejected", "decode_values"]
+
+
+class Incoming(NamedTuple):
+    """An accepted event on its way into the chain. `record` is its decoded Avro form.
+
+    Immutable tuples rather than frozen dataclasses: those cost ~2.5 µs each to build, a tenth
+    of the whole per-event ingest budget.
+    """
+
+    event_id: str
+    type: str
+    occurred_at: int
+    payload: bytes
+    source: str
+    record: dict[str, Any]
+
+
+class Rejected(NamedTuple):
+    """Input that could not be accepted; kept with its reason and where it came from."""
+
+    source: str
+    raw: bytes | None
+    reason: str
 
 
 @dataclass(slots=True)
@@ -132,7 +153,7 @@ def _decode_each(
     ids: list[str] = []
     types: list[str] = []
     times: list[int] = []
-    data: list[tuple[int, str, str, int, dict[str, Any]]] = []
+    data: list[Row] = []
     rejected: list[tuple[int, str]] = []
     for i, value in enumerate(values):
         if not value:
@@ -157,6 +178,4 @@ def _decode_each(
         types.append(etype)
         times.append(occurred_at)
     rows = rows_to_arrow(data)
-    return Decoded(
-        accepted, ids, types, times, rows, rejected, time.perf_counter() - started
-    )
+    return Decoded(accepted, ids, types, times, rows, rejected, time.perf_counter() - started)

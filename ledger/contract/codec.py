@@ -19,8 +19,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from ledger.contract.events import EVENT_TYPES
 from ledger.errors import CodecError
-from ledger.events import EVENT_TYPES
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10

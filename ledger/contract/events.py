@@ -250,11 +250,11 @@ def _non_empty_fields(model: type[BaseModel]) -> tuple[str, ...]:
     )
 
 
-_ENVELOPE_NON_EMPTY = _non_empty_fields(_Envelope)
-_DATA_NON_EMPTY = {etype: _non_empty_fields(data) for etype, (_, data, _) in EVENT_TYPES.items()}
+ENVELOPE_NON_EMPTY = _non_empty_fields(_Envelope)
+DATA_NON_EMPTY = {etype: _non_empty_fields(data) for etype, (_, data, _) in EVENT_TYPES.items()}
 #: (start, end) timestamp fields of an event type whose end must come after its start
 WINDOWS = {"delegation.granted": ("not_before", "expires_at")}
-_TIMESTAMP_FIELDS = {
+TIMESTAMP_FIELDS = {
     etype: tuple(n for n, i in data.model_fields.items() if "datetime" in repr(i.annotation))
     for etype, (_, data, _) in EVENT_TYPES.items()
 }
@@ -319,7 +319,7 @@ MAX_MICROS = to_micros(datetime.max.replace(tzinfo=UTC))
 def to_record(event: Event) -> dict[str, Any]:
     """The Avro form of an event: timestamps as UTC microseconds, `data` a plain dict."""
     data = dict(event.data.__dict__)
-    for name in _TIMESTAMP_FIELDS[event.type]:
+    for name in TIMESTAMP_FIELDS[event.type]:
         if data[name] is not None:
             data[name] = to_micros(data[name])
     return {
@@ -337,7 +337,7 @@ def to_json_dict(record: dict[str, Any]) -> dict[str, Any]:
     """The JSON form of an Avro-shaped record (what `ledger export` writes)."""
     etype = record["type"]
     data = dict(record["data"])
-    for name in _TIMESTAMP_FIELDS.get(etype, ()):
+    for name in TIMESTAMP_FIELDS.get(etype, ()):
         if data.get(name) is not None:
             data[name] = _iso(data[name])
     out = {k: v for k, v in record.items() if k != "data"}
@@ -365,16 +365,16 @@ def check_record(record: dict[str, Any], record_name: str) -> str | None:
         return f"unknown event type {etype!r}; expected one of " + ", ".join(EVENT_TYPES)
     if spec[2] != record_name:
         return f"type {etype!r} does not match data record {record_name.rsplit('.', 1)[-1]}"
-    for name in _ENVELOPE_NON_EMPTY:
+    for name in ENVELOPE_NON_EMPTY:
         if record[name] == "":
             return f"{name}: String should have at least 1 character"
     if not MIN_MICROS <= record["occurred_at"] <= MAX_MICROS:
         return "occurred_at: timestamp outside years 1-9999"
     data = record["data"]
-    for name in _DATA_NON_EMPTY[etype]:
+    for name in DATA_NON_EMPTY[etype]:
         if data[name] == "":
             return f"data.{name}: String should have at least 1 character"
-    for name in _TIMESTAMP_FIELDS[etype]:
+    for name in TIMESTAMP_FIELDS[etype]:
         value = data[name]
         if value is not None and not MIN_MICROS <= value <= MAX_MICROS:
             return f"data.{name}: timestamp outside years 1-9999"

@@ -14,9 +14,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from ledger import events
-from ledger.codec import HEADER_LEN, Codec, full_name, strip_logical
-from ledger.projections import TABLES, columns_to_arrow
+from ledger.contract import events
+from ledger.contract.codec import HEADER_LEN, Codec, full_name, strip_logical
+from ledger.contract.columns import TABLES, columns_to_arrow
 
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -234,10 +234,10 @@ class BatchDecoder:
                 fields[field["name"]] = var = src.var("f")
                 src.value(field["type"], var, d + 1, ns)
             tests = ["p != len(b)", f"{env['type']} != {etype!r}"]
-            tests += [f"{env[n]} == ''" for n in events._ENVELOPE_NON_EMPTY]
+            tests += [f"{env[n]} == ''" for n in events.ENVELOPE_NON_EMPTY]
             tests.append(f"not LO <= {env['occurred_at']} <= HI")
-            tests += [f"{fields[n]} == ''" for n in events._DATA_NON_EMPTY[etype]]
-            for n in events._TIMESTAMP_FIELDS[etype]:
+            tests += [f"{fields[n]} == ''" for n in events.DATA_NON_EMPTY[etype]]
+            for n in events.TIMESTAMP_FIELDS[etype]:
                 tests.append(f"({fields[n]} is not None and not LO <= {fields[n]} <= HI)")
             window = events.WINDOWS.get(etype)
             if window is not None:

@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ledger import checkpoint, config, scenario
-from ledger.broker import EmbeddedBroker, create_topic
-from ledger.consumer import consume
-from ledger.emitter import Emitter
+from ledger import config
+from ledger.demo import scenario
 from ledger.errors import VerificationError
-from ledger.queries import Ledger
+from ledger.integrity import checkpoint
+from ledger.integrity.verify import verify_store
+from ledger.query.ledger import Ledger
 from ledger.store import Store
-from ledger.verify import verify_store
+from ledger.stream.broker import EmbeddedBroker, create_topic
+from ledger.stream.consumer import consume
+from ledger.stream.emitter import Emitter
 
 DEFAULT_DB = "demo-ledger.duckdb"
 PARTITIONS = 3

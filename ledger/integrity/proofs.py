@@ -16,19 +16,21 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from ledger import checkpoint as ckpt
-from ledger import treestore
-from ledger.checkpoint import Checkpoint, Signer, Verifier
 from ledger.errors import ConfigError, NotFoundError, VerificationError
-from ledger.store import Store
+from ledger.integrity.checkpoint import create, default_origin
+from ledger.store import Store, treestore
+from ledger.store.checkpoints import stored
+from ledger.tlog.note import Checkpoint, Signer, Verifier, note_signers, open_checkpoint
+
+__all__ = ["consistency_bundle", "inclusion_bundle"]
 
 
 def _verifier_for(store: Store, note: str, pinned: Verifier | None) -> Verifier:
     """The key to check `note` with: the pinned one, else a key the ledger recorded for it."""
     if pinned is not None:
         return pinned
-    signers = ckpt.note_signers(note)
-    for row in reversed(ckpt.stored(store.con)):
+    signers = note_signers(note)
+    for row in reversed(stored(store.con)):
         v = Verifier.parse(row.vkey)
         if (v.name, v.hash) in signers:
             return v
@@ -38,10 +40,10 @@ def _verifier_for(store: Store, note: str, pinned: Verifier | None) -> Verifier:
 def _covering(
     store: Store, seq: int, pinned: Verifier | None
 ) -> tuple[Checkpoint, Verifier] | None:
-    for row in reversed(ckpt.stored(store.con)):
+    for row in reversed(stored(store.con)):
         if row.size > seq and (pinned is None or row.vkey == pinned.text):
             v = Verifier.parse(row.vkey)
-            return ckpt.open_checkpoint(row.note, v), v
+            return open_checkpoint(row.note, v), v
     return None
 
 
@@ -81,7 +83,7 @@ def inclusion_bundle(
     )
     if checkpoint_note is not None:
         verifier = _verifier_for(store, checkpoint_note, public_key)
-        cp = ckpt.open_checkpoint(checkpoint_note, verifier)
+        cp = open_checkpoint(checkpoint_note, verifier)
         if cp.size <= seq:
             raise NotFoundError(
                 f"the checkpoint covers {cp.size} entries; event {event_id} is seq {seq}"
@@ -89,14 +91,14 @@ def inclusion_bundle(
     else:
         found = _covering(store, seq, public_key)
         if found is None:
-            latest = ckpt.stored(store.con)
+            latest = stored(store.con)
             have = f"the latest covers {latest[-1].size} entries" if latest else "there are none"
             if signer is None or store.read_only:
                 raise NotFoundError(
                     f"no checkpoint covers seq {seq} ({have}): run `ledger checkpoint` first, "
                     "or pass --key to sign one"
                 )
-            cp = ckpt.create(store, signer, origin or ckpt.default_origin(store.path))
+            cp = create(store, signer, origin or default_origin(store.path))
             verifier = signer.verifier
         else:
             cp, verifier = found
@@ -121,7 +123,7 @@ def consistency_bundle(
 ) -> dict[str, Any]:
     """Proof that the stored checkpoint of `old_size` is a prefix of the one of `new_size`
     (default: the latest checkpoint), both signed by the same key."""
-    history = [r for r in ckpt.stored(store.con) if public_key is None or r.vkey == public_key.text]
+    history = [r for r in stored(store.con) if public_key is None or r.vkey == public_key.text]
     if not history:
         raise NotFoundError("no stored checkpoints (run `ledger checkpoint`)")
     new_rows = [r for r in history if new_size is None or r.size == new_size]
@@ -137,8 +139,8 @@ def consistency_bundle(
     if old.size > new.size:
         raise ConfigError(f"--to {new.size} is smaller than the old size {old.size}")
     verifier = Verifier.parse(new.vkey)
-    old_cp = ckpt.open_checkpoint(old.note, verifier)
-    new_cp = ckpt.open_checkpoint(new.note, verifier)
+    old_cp = open_checkpoint(old.note, verifier)
+    new_cp = open_checkpoint(new.note, verifier)
     head = treestore.read_head(store.con)
     _check_root(store, old_cp, head)
     _check_root(store, new_cp, head)

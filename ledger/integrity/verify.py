@@ -16,11 +16,13 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger import chain
-from ledger.chain import HASH_LEN
-from ledger.codec import Codec, default_codec
+from ledger.contract.codec import Codec, default_codec
 from ledger.errors import CodecError
+from ledger.integrity.audit import audit_ledger
 from ledger.store import Store
+from ledger.store.treestore import audit
+from ledger.tlog import chain
+from ledger.tlog.chain import HASH_LEN
 
 BATCH_ROWS = 32_768
 
@@ -394,7 +396,6 @@ def verify_store(
         return VerifyReport(
             False, size, head.hex(), 0, "entries exist but no head was ever recorded", checks
         )
-    from ledger.checkpoint import audit_ledger
 
     integrity = audit_ledger(store, size, checks, checkpoint, public_key)
     report = VerifyReport(True, size, head.hex(), checks=checks)
@@ -410,8 +411,6 @@ def _localized(
 ) -> VerifyReport:
     """A consistent chain with the wrong head was rewritten from some entry on: the stored
     Merkle nodes (complete subtrees of 16+ entries) say from which range, if it is earlier."""
-    from ledger.treestore import audit
-
     found = audit(store.con, size)
     bad_seq = max(size - 1, 0)
     if found.problem and found.bad_seq is not None and found.bad_seq < bad_seq:

@@ -11,16 +11,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ledger import scans
+from ledger.contract.events import from_micros
 from ledger.errors import ConfigError, NotFoundError
-from ledger.events import from_micros
-from ledger.projections import projected_size
-from ledger.rules import as_utc, earliest, iso
-
-if TYPE_CHECKING:
-    from ledger.queries import Ledger
+from ledger.query import scans
+from ledger.query.rules import as_utc, earliest, iso
+from ledger.query.snapshot import Graph, Snapshot
 
 _MAX_DEPTH = 64
 
@@ -52,7 +49,7 @@ class BlastRadius:
 
 
 def blast_radius(
-    ledger: Ledger,
+    snap: Snapshot,
     principal: str | None = None,
     delegation: str | None = None,
     credential: str | None = None,
@@ -67,7 +64,7 @@ def blast_radius(
     descendants. With since/until, only delegations and credentials valid at some point in
     [since, until] and actions inside it count; `still_active` is judged at `until` (or now).
     """
-    ledger._threads(1)
+    snap.point_lookups()
     given = [
         (k, v)
         for k, v in (
@@ -87,15 +84,15 @@ def blast_radius(
     seeds: list[str] = []
     cred_row = None
     if kind == "principal":
-        seeds = sorted(graph(ledger).granted_by.get(subject, ()))
-        if not seeds and not principal_known(ledger, subject):
+        seeds = sorted(snap.graph().granted_by.get(subject, ()))
+        if not seeds and not principal_known(snap, subject):
             raise NotFoundError(f"no principal {subject!r} in the ledger")
     elif kind == "delegation":
-        if subject not in graph(ledger).rows:
+        if subject not in snap.graph().rows:
             raise NotFoundError(f"no delegation {subject!r} in the ledger")
         seeds = [subject]
     else:
-        cred_row = ledger._one(
+        cred_row = snap.one(
             "SELECT * FROM credentials WHERE credential_id = ?",
             [subject],
         )
@@ -104,7 +101,7 @@ def blast_radius(
         if cred_row["delegation_id"] is not None:
             seeds = [cred_row["delegation_id"]]
 
-    dels = descendants(ledger, seeds)
+    dels = descendants(snap, seeds)
     kept = sorted(
         d for d, (nb, exp, rev, _) in dels.items() if nb <= hi and min(exp, rev or exp) > lo
     )
@@ -125,7 +122,7 @@ def blast_radius(
     params: dict[str, Any] = {"dids": sorted(dels), "lo": lo, "hi": hi}
     if kind != "delegation":
         params["s"] = subject
-    acts = ledger._all(" UNION ".join(parts), params)
+    acts = snap.rows(" UNION ".join(parts), params)
     used = {a["credential_id"] for a in acts if a["credential_id"] is not None}
     if kind == "credential":
         used.add(subject)
@@ -138,10 +135,10 @@ def blast_radius(
     if kind == "principal":
         parts.append(f"SELECT {cols} FROM credentials WHERE principal_id = $s")
         params["s"] = subject
-    revoked = ledger._small().cred_revoked
+    revoked = snap.small().cred_revoked
     creds = [
         {**c, "revoked_at": revoked.get(c["credential_id"])}
-        for c in ledger._all(" UNION ".join(parts), params)
+        for c in snap.rows(" UNION ".join(parts), params)
     ]
     kept_creds = [
         c
@@ -175,63 +172,23 @@ def blast_radius(
     )
 
 
-def principal_known(ledger: Ledger, pid: str) -> bool:
-    if ledger._people([pid])[pid]["registered"]:
+def principal_known(snap: Snapshot, pid: str) -> bool:
+    if snap.people([pid])[pid]["registered"]:
         return True
-    return bool(scans.unknown(ledger.con, [pid]))
-
-
-@dataclass(slots=True)
-class Graph:
-    """The delegation forest in memory (id, parent, window, delegator, delegate of every grant;
-    the first grant wins for a repeated id), loaded once per snapshot on the first blast radius.
-    Walking it costs microseconds where a DuckDB level-by-level walk costs a scan per level."""
-
-    size: int
-    rows: dict[str, tuple[str | None, int, int, str, str]]
-    children: dict[str, list[str]]
-    granted_by: dict[str, list[str]]
-
-    @classmethod
-    def load(cls, ledger: Ledger, size: int) -> Graph:
-        rows: dict[str, tuple[str | None, int, int, str, str]] = {}
-        children: dict[str, list[str]] = {}
-        granted_by: dict[str, list[str]] = {}
-        for did, parent, nb, exp, delegator, delegate in ledger.con.execute(
-            "SELECT delegation_id, parent_delegation_id, epoch_us(not_before), "
-            "epoch_us(expires_at), delegator_id, delegate_id FROM delegations "
-            "ORDER BY occurred_at DESC, event_id DESC"
-        ).fetchall():
-            rows[did] = (parent, nb, exp, delegator, delegate)
-        for did, (parent, _, _, delegator, _) in rows.items():
-            if parent is not None:
-                children.setdefault(parent, []).append(did)
-            granted_by.setdefault(delegator, []).append(did)
-        return cls(size, rows, children, granted_by)
-
-
-def graph(ledger: Ledger) -> Graph:
-    """The cached forest; reloaded when the ledger grew (only possible when not read-only)."""
-    cached: Graph | None = ledger._graph_cache
-    size = cached.size if cached is not None else -1
-    if cached is None or not ledger.store.read_only:
-        size = projected_size(ledger.con) or 0
-    if cached is None or cached.size != size:
-        cached = ledger._graph_cache = Graph.load(ledger, size)
-    return cached
+    return bool(scans.unknown(snap.con, [pid]))
 
 
 def descendants(
-    ledger: Ledger, seeds: Sequence[str]
+    snap: Snapshot, seeds: Sequence[str]
 ) -> dict[str, tuple[datetime, datetime, datetime | None, str]]:
     """id -> (not_before, expires_at, effective revocation, delegate) for seeds + descendants.
 
     Cascading revocations flow down from parent to child; each seed's ancestors are walked up
     too, so a revoked grandparent of a seed still counts.
     """
-    g = graph(ledger)
-    revs = ledger._small().revs
-    cascades = ledger._small().cascades
+    g = snap.graph()
+    revs = snap.small().revs
+    cascades = snap.small().cascades
     out: dict[str, tuple[datetime, datetime, datetime | None, str]] = {}
     cascade_of: dict[str, datetime | None] = {}
     queue: deque[tuple[str, datetime | None]] = deque()

@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ledger import rules, scans
 from ledger.errors import NotFoundError
-from ledger.rules import Violation, iso, jsonable
-
-if TYPE_CHECKING:
-    from ledger.queries import Ledger
+from ledger.query import rules, scans
+from ledger.query.rules import Thresholds, Violation, iso, jsonable
+from ledger.query.snapshot import Snapshot
 
 _MAX_DEPTH = 64
 
@@ -111,11 +109,14 @@ class Trace:
         }
 
 
-def trace(ledger: Ledger, action_id: str) -> Trace:
+def trace(snap: Snapshot, action_id: str, thresholds: Thresholds | None = None) -> Trace:
     """The action, its delegation chain up to the root grant, who is accountable, and
-    every violation found on the action, on each hop, its credential and its actor."""
-    ledger._threads(1)
-    act = ledger._one(
+    every violation found on the action, on each hop, its credential and its actor.
+
+    Raises `NotFoundError` when no action has that id."""
+    th = thresholds or Thresholds()
+    snap.point_lookups()
+    act = snap.one(
         "SELECT * FROM actions WHERE action_id = ?",
         [action_id],
     )
@@ -128,7 +129,7 @@ def trace(ledger: Ledger, action_id: str) -> Trace:
     complete = True
     while did is not None and did not in seen and len(rows) < _MAX_DEPTH:
         seen.add(did)
-        row = ledger._delegation(did)
+        row = snap.delegation(did)
         if row is None:
             complete = False
             break
@@ -136,7 +137,7 @@ def trace(ledger: Ledger, action_id: str) -> Trace:
         did = row["parent_delegation_id"]
     if did is not None and complete:
         complete = False  # a cycle or an absurd depth
-    side = side_facts(ledger, act, rows)
+    side = side_facts(snap, act, rows, th)
     revs, decisions, cred, people = side.revs, side.decisions, side.cred, side.people
     cred_revoked = side.cred_revoked
     effective = _effective_revocations(rows, revs)
@@ -176,7 +177,7 @@ def trace(ledger: Ledger, action_id: str) -> Trace:
     for i, r in enumerate(rows):
         par = rows[i + 1] if i + 1 < len(rows) else None
         found += rules.delegation_violations(_delegation_facts(r, par, people))
-    found += principal_level(ledger, act, cred, people, side.near)
+    found += principal_level(snap, th, act, cred, people, side.near)
     violations = rules.dedupe(found)
 
     chain = []
@@ -223,11 +224,13 @@ def trace(ledger: Ledger, action_id: str) -> Trace:
     )
 
 
-def side_facts(ledger: Ledger, act: dict[str, Any], chain: Sequence[dict[str, Any]]) -> _Side:
+def side_facts(
+    snap: Snapshot, act: dict[str, Any], chain: Sequence[dict[str, Any]], th: Thresholds
+) -> _Side:
     """Everything trace needs besides the chain: the action's decisions and credential, the
     actor's subagents and how many actions it took within one burst window of this one (one
     round trip), plus revocations and principals from the in-memory small tables."""
-    w = ledger.thresholds.burst_window
+    w = th.burst_window
     params = {
         "aid": act["action_id"],
         "did": act["decision_id"] or "",
@@ -237,9 +240,9 @@ def side_facts(ledger: Ledger, act: dict[str, Any], chain: Sequence[dict[str, An
         "hi": act["occurred_at"] + w,
     }
     side = _Side()
-    small = ledger._small()
+    small = snap.small()
     cred_rows: list[dict[str, Any]] = []
-    for src, id_, s1, s2, s3, t1, t2, ev, n in ledger.con.execute(_SIDE_SQL, params).fetchall():
+    for src, id_, s1, s2, s3, t1, t2, ev, n in snap.con.execute(_SIDE_SQL, params).fetchall():
         if src == "dec":
             if all(d["decision_id"] != id_ for d in side.decisions):
                 side.decisions.append(
@@ -269,13 +272,14 @@ def side_facts(ledger: Ledger, act: dict[str, Any], chain: Sequence[dict[str, An
         names.add(side.cred["principal_id"])
         side.cred_revoked = small.cred_revoked.get(side.cred["credential_id"])
     names.update(d["principal_id"] for d in side.decisions)
-    side.people = ledger._people(names)
+    side.people = snap.people(names)
     side.subagents.sort()
     return side
 
 
 def principal_level(
-    ledger: Ledger,
+    snap: Snapshot,
+    th: Thresholds,
     act: dict[str, Any],
     cred: dict[str, Any] | None,
     people: dict[str, dict[str, Any]],
@@ -286,7 +290,7 @@ def principal_level(
     Each is pre-checked from facts already at hand (or one narrow count) and only then
     confirmed by the same SQL `violations()` runs, so trace reports identical objects.
     """
-    th, con = ledger.thresholds, ledger.con
+    con = snap.con
     t, actor = act["occurred_at"], act["principal_id"]
     out: list[Violation] = []
     if cred is not None:
@@ -299,7 +303,7 @@ def principal_level(
             th,
         )
         out += [v] if v is not None else []
-    small = ledger._small()
+    small = snap.small()
     reg = small.regs.get(actor)
     if reg is not None and reg[0] == "agent":
         owner = reg[1]

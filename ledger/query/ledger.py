@@ -9,8 +9,7 @@ giving JSON-ready values (timestamps ISO 8601 UTC with a trailing Z).
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -18,63 +17,17 @@ from typing import Any
 
 import duckdb
 
-from ledger import blast, custody, rules, scans
-from ledger.blast import BlastRadius
-from ledger.custody import Trace
+from ledger._text import first_line
 from ledger.errors import ConfigError, StoreError, ValidationError
-from ledger.projections import projected_size
-from ledger.rules import Thresholds, Violation, as_utc, jsonable
+from ledger.query import blast, custody, rules, scans
+from ledger.query.blast import BlastRadius
+from ledger.query.custody import Trace
+from ledger.query.rules import Thresholds, Violation, as_utc, jsonable
+from ledger.query.snapshot import Snapshot
 from ledger.store import Store
+from ledger.store.projections import projected_size
 
 _ALLOWED_SQL = {"SELECT", "EXPLAIN"}
-_MAX_DEPTH = 64
-_HOP_CACHE = 50_000
-
-
-@dataclass(slots=True)
-class _Small:
-    """The small tables trace consults on every call, held in memory per snapshot: principals
-    (latest registration), first retirements, delegation and credential revocations."""
-
-    size: int
-    regs: dict[str, tuple[str, str | None, datetime, str]]
-    retired: dict[str, datetime]
-    retired_event: dict[str, str]
-    revs: dict[str, list[tuple[datetime, bool]]]
-    cred_revoked: dict[str, datetime]
-    cascades: dict[str, datetime]
-
-    @classmethod
-    def load(cls, con: duckdb.DuckDBPyConnection, size: int) -> _Small:
-        regs = {
-            pid: (kind, owner, at, event_id)
-            for pid, kind, owner, at, event_id in con.execute(
-                "SELECT principal_id, arg_max(kind, (occurred_at, event_id)), "
-                "arg_max(owner_id, (occurred_at, event_id)), max(occurred_at), "
-                "arg_max(event_id, (occurred_at, event_id)) FROM principals GROUP BY 1"
-            ).fetchall()
-        }
-        retired: dict[str, datetime] = {}
-        retired_event: dict[str, str] = {}
-        for pid, at, event_id in con.execute(
-            "SELECT principal_id, min(occurred_at), arg_min(event_id, (occurred_at, event_id)) "
-            "FROM retirements GROUP BY 1"
-        ).fetchall():
-            retired[pid], retired_event[pid] = at, event_id
-        revs: dict[str, list[tuple[datetime, bool]]] = {}
-        for did, at, cascade in con.execute(
-            "SELECT delegation_id, occurred_at, cascade FROM revocations"
-        ).fetchall():
-            revs.setdefault(did, []).append((at, bool(cascade)))
-        cred_revoked = dict(
-            con.execute(
-                "SELECT credential_id, min(occurred_at) FROM credential_revocations GROUP BY 1"
-            ).fetchall()
-        )
-        cascades = {
-            did: min(a for a, c in lst if c) for did, lst in revs.items() if any(c for _, c in lst)
-        }
-        return cls(size, regs, retired, retired_event, revs, cred_revoked, cascades)
 
 
 @dataclass(slots=True)
@@ -118,19 +71,8 @@ class Ledger:
         self.store = store
         self.con = store.con
         self.thresholds = thresholds or Thresholds()
-        self._small_cache: _Small | None = None
-        self._hops: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._graph_cache: blast.Graph | None = None
-        row = self.con.execute("SELECT current_setting('threads')").fetchone()
-        self._cores = int(row[0]) if row else 1
-        self._thread_setting = self._cores
-
-    def _threads(self, n: int) -> None:
-        """Point-lookup work runs on one thread (on a busy 2-core box, waking a second one
-        costs more than it saves and makes the tail 5x longer); scans use every core."""
-        if self._thread_setting != n:
-            self.con.execute(f"SET threads = {int(n)}")
-            self._thread_setting = n
+        #: the lookups and caches `trace` and `blast_radius` share
+        self.snapshot = Snapshot(store)
 
     @classmethod
     def open(
@@ -176,82 +118,12 @@ class Ledger:
     ) -> None:
         self.close()
 
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
-        """The earliest (occurred_at, event_id) row, picked in Python: an ORDER BY ... LIMIT 1
-        on an indexed point lookup costs DuckDB several times the lookup itself."""
-        rows = self._all(sql, params)
-        if not rows:
-            return None
-        if len(rows) > 1 and "occurred_at" in rows[0]:
-            rows.sort(key=lambda r: (r["occurred_at"], r["event_id"]))
-        return rows[0]
-
-    def _all(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        return scans._rows(self.con, sql, params)
-
-    def _delegation(self, did: str) -> dict[str, Any] | None:
-        """One delegation row by id; on a read-only snapshot, remembered (bounded LRU): chains
-        share their upper hops, so repeated traces in one tree skip most lookups."""
-        if not self.store.read_only:
-            return self._one("SELECT * FROM delegations WHERE delegation_id = ?", [did])
-        cache = self._hops
-        if did in cache:
-            cache.move_to_end(did)
-            return cache[did]
-        row = self._one("SELECT * FROM delegations WHERE delegation_id = ?", [did])
-        if row is not None:
-            cache[did] = row
-            if len(cache) > _HOP_CACHE:
-                cache.popitem(last=False)
-        return row
-
-    def _revocations(self, ids: Iterable[str]) -> dict[str, list[tuple[datetime, bool]]]:
-        revs = self._small().revs
-        return {did: revs[did] for did in ids if did in revs}
-
     # -- trace --------------------------------------------------------------------------------
 
     def trace(self, action_id: str) -> Trace:
         """The action, its delegation chain up to the root grant, who is accountable, and
         every violation found on the action, on each hop, its credential and its actor."""
-        return custody.trace(self, action_id)
-
-    def _small(self) -> _Small:
-        """The in-memory small tables; reloaded when the ledger grew (a writable Ledger)."""
-        size = self._small_cache.size if self._small_cache else -1
-        if self._small_cache is None or not self.store.read_only:
-            size = projected_size(self.con) or 0
-        if self._small_cache is None or self._small_cache.size != size:
-            self._small_cache = _Small.load(self.con, size)
-        return self._small_cache
-
-    def _people(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Registration and retirement of each id, and the retirement of their owners;
-        `registered` is False for an id never registered (None for owners only)."""
-        small = self._small()
-        out: dict[str, dict[str, Any]] = {}
-        for pid in names:
-            reg = small.regs.get(pid)
-            out[pid] = {
-                "principal_id": pid,
-                "kind": reg[0] if reg else None,
-                "owner_id": reg[1] if reg else None,
-                "registered": reg is not None,
-                "retired_at": small.retired.get(pid),
-            }
-        for entry in list(out.values()):
-            owner = entry["owner_id"]
-            if owner is not None and owner not in out:
-                out[owner] = {
-                    "principal_id": owner,
-                    "kind": None,
-                    "owner_id": None,
-                    "registered": None,
-                    "retired_at": small.retired.get(owner),
-                }
-        return out
+        return custody.trace(self.snapshot, action_id, self.thresholds)
 
     # -- blast radius -------------------------------------------------------------------------
 
@@ -264,7 +136,7 @@ class Ledger:
         until: datetime | None = None,
     ) -> BlastRadius:
         """Everything reachable downstream of one subject, multi-hop (see `blast`)."""
-        return blast.blast_radius(self, principal, delegation, credential, since, until)
+        return blast.blast_radius(self.snapshot, principal, delegation, credential, since, until)
 
     # -- violations, inventory, sql -------------------------------------------------------------
 
@@ -279,7 +151,7 @@ class Ledger:
         burst_window: timedelta | None = None,
     ) -> list[Violation]:
         """Every violation (of `kinds`, default all) whose event time is in [since, until]."""
-        self._threads(self._cores)
+        self.snapshot.full_scans()
         wanted = list(kinds) if kinds is not None else None
         unknown = sorted(set(wanted or ()) - set(rules.KINDS))
         if unknown:
@@ -305,12 +177,12 @@ class Ledger:
     def inventory(self, at: datetime | None = None) -> list[InventoryItem]:
         """Every principal, registered or merely named, with its delegations, reach and live
         credentials (at `at`, default now)."""
-        self._threads(self._cores)
+        self.snapshot.full_scans()
         at = as_utc(at) or datetime.now(UTC)
         sql = f"""
         WITH named AS ({
             " UNION ".join(
-                f"SELECT {c} AS pid FROM {t} WHERE {c} IS NOT NULL" for t, c, _ in scans._MENTIONS
+                f"SELECT {c} AS pid FROM {t} WHERE {c} IS NOT NULL" for t, c, _ in scans.MENTIONS
             )
         } UNION SELECT principal_id FROM principals),
         reg AS (SELECT principal_id, arg_max(kind, (occurred_at, event_id)) AS kind,
@@ -390,7 +262,7 @@ class Ledger:
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as exc:
-            raise ValidationError(f"cannot parse query: {_first_line(exc)}") from exc
+            raise ValidationError(f"cannot parse query: {first_line(exc)}") from exc
         if not statements:
             raise ValidationError("empty query")
         for st in statements:
@@ -402,16 +274,11 @@ class Ledger:
                 )
         if len(statements) > 1:
             raise ValidationError("one statement at a time")
-        self._threads(self._cores)
+        self.snapshot.full_scans()
         try:
             cur = self.con.execute(query)
             columns = [d[0] for d in cur.description or ()]
             rows = cur.fetchall()
         except duckdb.Error as exc:
-            raise ValidationError(f"query failed: {_first_line(exc)}") from exc
+            raise ValidationError(f"query failed: {first_line(exc)}") from exc
         return SqlResult(columns, rows)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from ledger.rules import (
+from ledger.query.rules import (
     ACTION_FACT_COLUMNS,
     ACTION_KINDS,
     DELEGATION_FACT_COLUMNS,
@@ -151,7 +151,7 @@ WHERE reg.kind = 'agent' AND (reg.owner_id IS NULL
     OR (o.retired_at IS NOT NULL AND (a.retired_at IS NULL OR a.retired_at > o.retired_at)))
 """
 
-_MENTIONS = (
+MENTIONS = (
     ("actions", "principal_id", "actor"),
     ("delegations", "delegator_id", "delegator"),
     ("delegations", "delegate_id", "delegate"),
@@ -168,7 +168,7 @@ def unknown_sql(names: bool) -> str:
     parts = [
         f"SELECT {c} AS pid, event_id, occurred_at, '{role}' AS role FROM {t} "
         f"WHERE {c} IS NOT NULL" + flt.format(c=c)
-        for t, c, role in _MENTIONS
+        for t, c, role in MENTIONS
     ]
     return f"""
 WITH m AS ({" UNION ALL ".join(parts)})
@@ -199,14 +199,14 @@ FROM e GROUP BY principal_id, episode
 """
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[dict[str, Any]]:
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[dict[str, Any]]:
     cur = con.execute(sql, params) if params is not None else con.execute(sql)
     cols = [d[0] for d in cur.description or ()]
     return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 def scan_action_violations(con: duckdb.DuckDBPyConnection) -> list[Violation]:
-    return [v for row in _rows(con, ACTION_FACTS_SQL) for v in action_violations(row)]
+    return [v for row in rows(con, ACTION_FACTS_SQL) for v in action_violations(row)]
 
 
 def scan_delegation_violations(
@@ -217,7 +217,7 @@ def scan_delegation_violations(
     else:
         sql = DELEGATION_FACTS_SQL.format(where="WHERE g.delegation_id IN (SELECT unnest($ids))")
         params = {"ids": list(ids)}
-    return [v for row in _rows(con, sql, params) for v in delegation_violations(row)]
+    return [v for row in rows(con, sql, params) for v in delegation_violations(row)]
 
 
 def long_lived(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +20,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ledger import chain
-from ledger.batch import EventBatch
+from ledger._text import first_line
+from ledger.contract.batch import EventBatch, Incoming, Rejected
 from ledger.errors import StoreError
-from ledger.seen import SeenIds
+from ledger.store.seen import SeenIds
+from ledger.tlog import chain
 
 FORMAT_VERSION = "1"
 
@@ -73,29 +74,6 @@ ENTRY_SCHEMA = pa.schema(
 )
 
 
-class Incoming(NamedTuple):
-    """An accepted event on its way into the chain. `record` is its decoded Avro form.
-
-    Immutable tuples rather than frozen dataclasses: those cost ~2.5 µs each to build, a tenth
-    of the whole per-event ingest budget.
-    """
-
-    event_id: str
-    type: str
-    occurred_at: int
-    payload: bytes
-    source: str
-    record: dict[str, Any]
-
-
-class Rejected(NamedTuple):
-    """Input that could not be accepted; kept with its reason and where it came from."""
-
-    source: str
-    raw: bytes | None
-    reason: str
-
-
 class Appended(NamedTuple):
     """What one append adds, as the extensions see it: the batch after dedupe, in seq order
     (event i has seq `first_seq + i`), and each event's entry hash."""
@@ -139,12 +117,18 @@ class StoreExtension(Protocol):
     def on_append(self, con: duckdb.DuckDBPyConnection, appended: Appended) -> None: ...
 
 
-def extensions() -> tuple[StoreExtension, ...]:
-    """The structures derived from `entries`, in the order they are updated."""
-    from ledger.projections import Projections
-    from ledger.treestore import MerkleExtension
+_DEFAULT_EXTENSIONS: list[Callable[[], StoreExtension]] = []
 
-    return (Projections(), MerkleExtension())
+
+def register_default_extension(factory: Callable[[], StoreExtension]) -> None:
+    """Add a structure every ledger opened without `extensions=` keeps (`ledger.store` registers
+    the projections and the Merkle state); the store itself names none of them."""
+    _DEFAULT_EXTENSIONS.append(factory)
+
+
+def default_extensions() -> tuple[StoreExtension, ...]:
+    """Fresh instances of the registered default extensions, in the order they are updated."""
+    return tuple(factory() for factory in _DEFAULT_EXTENSIONS)
 
 
 def default_db_path() -> str:
@@ -154,29 +138,50 @@ def default_db_path() -> str:
 class Store:
     """A ledger file. Use `Store.open(path)`; `read_only=True` for investigators and auditors."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: str, read_only: bool) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        path: str,
+        read_only: bool,
+        extensions: Sequence[StoreExtension] | None = None,
+    ) -> None:
         self.con = con
         self.path = path
         self.read_only = read_only
+        #: derived state updated inside every append transaction, in this order
+        self.extensions: tuple[StoreExtension, ...] = (
+            default_extensions() if extensions is None else tuple(extensions)
+        )
         self._head: _Head | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], read_only: bool = False) -> Store:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        read_only: bool = False,
+        extensions: Sequence[StoreExtension] | None = None,
+    ) -> Store:
+        """Open (or, writable, create) the ledger at `path`.
+
+        `extensions` are the derived structures kept with every append; None means the
+        registered defaults (projections and Merkle state). Raises `StoreError` when the file
+        cannot be opened, is locked by another process, or is not a ledger.
+        """
         path = str(path)
         if read_only and path != ":memory:" and not Path(path).exists():
             raise StoreError(f"no ledger at {path} (run `ledger ingest` or `ledger consume` first)")
         try:
             con = duckdb.connect(path, read_only=read_only)
         except duckdb.IOException as exc:
-            raise StoreError(f"cannot open ledger {path}: {_first_line(exc)}") from exc
+            raise StoreError(f"cannot open ledger {path}: {first_line(exc)}") from exc
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open ledger {path}: {_first_line(exc)}") from exc
+            raise StoreError(f"cannot open ledger {path}: {first_line(exc)}") from exc
         con.execute("SET TimeZone = 'UTC'")
         # DuckDB's own progress bar writes to stdout (it would corrupt `--json`); inside Jupyter
         # without ipywidgets it refuses the setting, and there it is not drawn anyway.
         with contextlib.suppress(duckdb.Error):
             con.execute("SET enable_progress_bar = false")
-        store = cls(con, path, read_only)
+        store = cls(con, path, read_only, extensions)
         if read_only:
             store._check_format()
         else:
@@ -193,12 +198,12 @@ class Store:
                 "ON CONFLICT DO NOTHING",
                 [FORMAT_VERSION, datetime.now(UTC).isoformat()],
             )
-            for ext in extensions():
+            for ext in self.extensions:
                 ext.create_schema(self.con)
             self.con.execute("COMMIT")
         except duckdb.Error as exc:
             self.con.execute("ROLLBACK")
-            raise StoreError(f"cannot initialise ledger {self.path}: {_first_line(exc)}") from exc
+            raise StoreError(f"cannot initialise ledger {self.path}: {first_line(exc)}") from exc
         self._check_format()
 
     def _check_format(self) -> None:
@@ -315,7 +320,7 @@ class Store:
                     [str(new_size), new_hash.hex()],
                 )
                 appended = Appended(seq0, batch, hashes, head.hash)
-                for ext in extensions():
+                for ext in self.extensions:
                     ext.on_append(con, appended)
             if rejected:
                 self._insert_quarantine(rejected, now)
@@ -327,7 +332,7 @@ class Store:
                 con.execute("ROLLBACK")
             self._head = None
             if isinstance(exc, duckdb.Error):
-                raise StoreError(f"append to {self.path} failed: {_first_line(exc)}") from exc
+                raise StoreError(f"append to {self.path} failed: {first_line(exc)}") from exc
             raise
         head.size = new_size
         head.hash = new_hash
@@ -401,7 +406,3 @@ def fetch_one(
     so never call `.fetchone()` on `execute()`: this drains the result."""
     rows = con.execute(sql, params or []).fetchall()
     return rows[0] if rows else None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

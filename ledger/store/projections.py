@@ -8,117 +8,27 @@ query time with indexed point lookups. `rebuild` recreates every table from the 
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger.codec import Codec, default_codec
+from ledger.contract.codec import Codec, default_codec
+from ledger.contract.columns import SCHEMAS, TABLE_NAMES, Row, rows_to_arrow
 from ledger.errors import StoreError
+from ledger.store._store import Appended, Store
 
-if TYPE_CHECKING:
-    from ledger.store import Appended, Store
-
-_TS = pa.timestamp("us", tz="UTC")
-_SQL_TO_ARROW: dict[str, pa.DataType] = {
-    "VARCHAR": pa.string(),
-    "VARCHAR[]": pa.list_(pa.string()),
-    "TIMESTAMPTZ": _TS,
-    "BOOLEAN": pa.bool_(),
-}
-
-#: event type -> (table, data columns with their SQL types); every table also starts with
-#: seq, event_id and occurred_at of the entry the row came from.
-TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "principal.registered": (
-        "principals",
-        (
-            ("principal_id", "VARCHAR"),
-            ("kind", "VARCHAR"),
-            ("display_name", "VARCHAR"),
-            ("owner_id", "VARCHAR"),
-            ("model", "VARCHAR"),
-        ),
-    ),
-    "principal.retired": (
-        "retirements",
-        (("principal_id", "VARCHAR"), ("retired_by", "VARCHAR"), ("reason", "VARCHAR")),
-    ),
-    "delegation.granted": (
-        "delegations",
-        (
-            ("delegation_id", "VARCHAR"),
-            ("parent_delegation_id", "VARCHAR"),
-            ("delegator_id", "VARCHAR"),
-            ("delegate_id", "VARCHAR"),
-            ("scopes", "VARCHAR[]"),
-            ("resources", "VARCHAR[]"),
-            ("purpose", "VARCHAR"),
-            ("not_before", "TIMESTAMPTZ"),
-            ("expires_at", "TIMESTAMPTZ"),
-            ("may_redelegate", "BOOLEAN"),
-        ),
-    ),
-    "delegation.revoked": (
-        "revocations",
-        (
-            ("delegation_id", "VARCHAR"),
-            ("revoked_by", "VARCHAR"),
-            ("reason", "VARCHAR"),
-            ("cascade", "BOOLEAN"),
-        ),
-    ),
-    "credential.issued": (
-        "credentials",
-        (
-            ("credential_id", "VARCHAR"),
-            ("principal_id", "VARCHAR"),
-            ("delegation_id", "VARCHAR"),
-            ("kind", "VARCHAR"),
-            ("scopes", "VARCHAR[]"),
-            ("expires_at", "TIMESTAMPTZ"),
-            ("fingerprint", "VARCHAR"),
-        ),
-    ),
-    "credential.revoked": (
-        "credential_revocations",
-        (("credential_id", "VARCHAR"), ("revoked_by", "VARCHAR"), ("reason", "VARCHAR")),
-    ),
-    "policy.decided": (
-        "decisions",
-        (
-            ("decision_id", "VARCHAR"),
-            ("principal_id", "VARCHAR"),
-            ("delegation_id", "VARCHAR"),
-            ("action_id", "VARCHAR"),
-            ("operation", "VARCHAR"),
-            ("resource", "VARCHAR"),
-            ("decision", "VARCHAR"),
-            ("policy_id", "VARCHAR"),
-            ("reasons", "VARCHAR[]"),
-        ),
-    ),
-    "action.performed": (
-        "actions",
-        (
-            ("action_id", "VARCHAR"),
-            ("principal_id", "VARCHAR"),
-            ("delegation_id", "VARCHAR"),
-            ("credential_id", "VARCHAR"),
-            ("tool", "VARCHAR"),
-            ("operation", "VARCHAR"),
-            ("resource", "VARCHAR"),
-            ("outcome", "VARCHAR"),
-            ("parent_action_id", "VARCHAR"),
-            ("decision_id", "VARCHAR"),
-        ),
-    ),
-}
-TABLE_NAMES = tuple(table for table, _ in TABLES.values())
-_COMMON = (("seq", "BIGINT"), ("event_id", "VARCHAR"), ("occurred_at", "TIMESTAMPTZ"))
+__all__ = [
+    "INDEXES",
+    "META_TABLE",
+    "TABLE_NAMES",
+    "Projections",
+    "create_indexes",
+    "insert_tables",
+    "projected_size",
+    "rebuild",
+]
 
 #: point lookups the investigator queries make (ART indexes; everything else is a scan)
 INDEXES: tuple[tuple[str, str], ...] = (
@@ -129,18 +39,6 @@ INDEXES: tuple[tuple[str, str], ...] = (
     ("decisions", "action_id"),
 )
 META_TABLE = "projection_meta"
-
-_Row = tuple[int, str, str, int, dict[str, Any]]  # pos, type, event_id, occurred_at micros, data
-
-
-def _arrow_schema(columns: Sequence[tuple[str, str]]) -> pa.Schema:
-    return pa.schema([(name, _SQL_TO_ARROW.get(sql, pa.int64())) for name, sql in columns])
-
-
-_SCHEMAS = {
-    etype: (table, (*_COMMON, *cols), _arrow_schema((("pos", "BIGINT"), *_COMMON[1:], *cols)))
-    for etype, (table, cols) in TABLES.items()
-}
 
 
 class Projections:
@@ -155,7 +53,7 @@ class Projections:
                 "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
             ).fetchall()
         }
-        for table, columns, _ in _SCHEMAS.values():
+        for table, columns, _ in SCHEMAS.values():
             cols = ", ".join(f"{n} {t}" for n, t in columns)
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
         con.execute(
@@ -186,39 +84,12 @@ def create_indexes(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE INDEX IF NOT EXISTS {table}_{column}_idx ON {table} ({column})")
 
 
-def rows_to_arrow(items: Iterable[_Row]) -> dict[str, pa.Table]:
-    """(pos, event type, event_id, occurred_at micros, data) -> one Arrow table per event type,
-    in its table's column order with `pos` where `seq` goes (see `insert_tables`)."""
-    groups: dict[str, list[_Row]] = defaultdict(list)
-    for row in items:
-        groups[row[1]].append(row)
-    out: dict[str, pa.Table] = {}
-    for etype, group in groups.items():
-        spec = _SCHEMAS.get(etype)
-        if spec is None:
-            continue
-        lists: list[list[Any]] = [[r[0] for r in group], [r[2] for r in group]]
-        lists.append([r[3] for r in group])
-        lists += [[r[4].get(name) for r in group] for name, _ in spec[1][3:]]
-        out[etype] = columns_to_arrow(etype, lists)
-    return out
-
-
-def columns_to_arrow(etype: str, lists: Sequence[list[Any]]) -> pa.Table:
-    """One event type's rows from its column lists (pos, event_id, occurred_at, data...)."""
-    schema = _SCHEMAS[etype][2]
-    arrays = [  # timestamps go in as ints of microseconds
-        pa.array(values, field.type) for values, field in zip(lists, schema, strict=True)
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
 def insert_tables(
     con: duckdb.DuckDBPyConnection, first_seq: int, rows: dict[str, pa.Table]
 ) -> None:
     """Insert `rows_to_arrow` tables, each row's seq being `first_seq` + its pos."""
     for etype, rows_of_type in rows.items():
-        name = _SCHEMAS[etype][0]
+        name = SCHEMAS[etype][0]
         table = rows_of_type
         if first_seq:
             table = table.set_column(0, "seq", pc.add(table.column(0), first_seq))
@@ -274,7 +145,7 @@ def rebuild(
         ).to_arrow_reader(batch_size)
         for batch in reader:
             cols = batch.to_pydict()
-            rows: list[_Row] = []
+            rows: list[Row] = []
             for seq, event_id, payload in zip(
                 cols["seq"], cols["event_id"], cols["payload"], strict=True
             ):

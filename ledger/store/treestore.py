@@ -7,7 +7,7 @@ Stored, inside each append's transaction:
   which keeps this table at n/8 rows instead of 2n.
 - `merkle_head(size, min_level, frontier, root)`: one row; `frontier` is the concatenated
   hashes of `merkle.root_plan(size)`, all an append needs to extend the tree.
-- `checkpoints`: signed tree heads (written by `ledger.checkpoint`), created here so every
+- `checkpoints` (`ledger.store.checkpoints`): signed tree heads, created here so every
   ledger file has the table.
 
 `audit` recomputes the whole tree from the entry hashes and compares it with what is stored.
@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from ledger import merkle
 from ledger.errors import StoreError
-from ledger.merkle import HASH_LEN, NodeId
-from ledger.store import Appended
+from ledger.store import checkpoints
+from ledger.store._store import Appended
+from ledger.tlog import merkle
+from ledger.tlog.merkle import HASH_LEN, NodeId
 
 MIN_LEVEL = 4
 CHUNK_LEVEL = 16
@@ -40,15 +41,6 @@ CREATE TABLE IF NOT EXISTS merkle_head (
     min_level UTINYINT NOT NULL,
     frontier  BLOB NOT NULL,
     root      BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    n          BIGINT NOT NULL,
-    size       BIGINT NOT NULL,
-    root       BLOB NOT NULL,
-    origin     VARCHAR NOT NULL,
-    note       VARCHAR NOT NULL,
-    vkey       VARCHAR NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL
 );
 """
 
@@ -76,6 +68,7 @@ class MerkleExtension:
 
     def create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute(SCHEMA_SQL)
+        con.execute(checkpoints.SCHEMA_SQL)
         catch_up(con)
 
     def on_append(self, con: duckdb.DuckDBPyConnection, appended: Appended) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ledger.errors import BrokerError
+from ledger.stream._proc import die_with_parent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,10 +100,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _die_with_parent() -> None:
+def _terminate_with_parent() -> None:
     """Linux: the broker gets SIGTERM if the process that started it dies (even by SIGKILL)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
 
 
 def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
@@ -212,7 +211,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if main_thread else None,  # noqa: PLW1509
+                preexec_fn=_terminate_with_parent if main_thread else None,  # noqa: PLW1509
             )
         except OSError as exc:
             raise BrokerError(f"cannot start broker {binary}: {exc}") from exc

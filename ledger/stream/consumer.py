@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import logging
 import signal
 import time
@@ -20,13 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ledger.batch import Decoded
-from ledger.codec import Codec, default_codec
 from ledger.config import Settings
+from ledger.contract.batch import Decoded
+from ledger.contract.codec import Codec, default_codec
 from ledger.errors import BrokerError
-from ledger.fetch import Fetched, Prepared, assemble, split_batch
 from ledger.store import Store, fetch_one
-from ledger.workers import DecodeWorkers, default_workers
+from ledger.stream._kafka import security_kwargs
+from ledger.stream._proc import tune_process
+from ledger.stream.fetch import Fetched, Prepared, assemble, split_batch
+from ledger.stream.workers import DecodeWorkers, default_workers
 
 log = logging.getLogger("ledger.consume")
 
@@ -186,7 +186,7 @@ class LedgerConsumer:
             heartbeat_interval_ms=self._heartbeat_ms,
             request_timeout_ms=max(40_000, self._session_ms + 5000),
             client_id="agent-ledger-consumer",
-            **self.settings.kafka_security(),
+            **security_kwargs(self.settings),
         )
 
     async def _session(self) -> None:
@@ -435,19 +435,6 @@ def _listener(owner: LedgerConsumer) -> Any:
             await owner.on_assigned(assigned)
 
     return Listener()
-
-
-def tune_process() -> None:
-    """Allocation-heavy loops on these VMs pay for page faults and full GC passes: keep freed
-    memory (glibc mallopt, like the MALLOC_*_ settings in PERF-NOTES) and collect rarely
-    (the hot path creates no reference cycles). Only for a process that is the consumer."""
-    gc.set_threshold(50_000, 50, 100)
-    gc.freeze()
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-2, 1 << 28)  # M_TOP_PAD
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
 
 
 def consume(

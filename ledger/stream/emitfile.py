@@ -8,13 +8,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ledger import events
-from ledger.builders import partition_key
-from ledger.codec import Codec, default_codec
 from ledger.config import Settings
-from ledger.emitter import Emitter
+from ledger.contract import events
+from ledger.contract.builders import partition_key
+from ledger.contract.codec import Codec, default_codec
 from ledger.errors import LedgerError
-from ledger.spool import Message
+from ledger.stream.emitter import Emitter
+from ledger.stream.spool import Message
 
 
 @dataclass(slots=True)

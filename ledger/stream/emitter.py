@@ -26,16 +26,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ledger import events
-from ledger.builders import EventBuilders, partition_key, uuid7
-from ledger.codec import Codec, default_codec
 from ledger.config import Settings, load
+from ledger.contract import events
+from ledger.contract.builders import EventBuilders, partition_key, uuid7
+from ledger.contract.codec import Codec, default_codec
 from ledger.errors import BrokerError, LedgerError, SpoolFullError
-from ledger.spool import Message, Spool
+from ledger.stream._kafka import security_kwargs
+from ledger.stream.spool import Message, Spool
 
 __all__ = ["Emitter", "EventLike", "SyncEmitter", "default_spool_path", "partition_key", "uuid7"]
 
-log = logging.getLogger("ledger.emitter")
+log = logging.getLogger("ledger.stream.emitter")
 
 EventLike = Mapping[str, Any] | events.Event
 CHUNK = 5000
@@ -207,6 +208,18 @@ class Emitter(EventBuilders[Awaitable[str]]):
     def _submit(self, event: dict[str, Any]) -> Awaitable[str]:
         return self.emit(event)
 
+    def offer_blocking(self, msg: Message) -> None:
+        """Queue `msg` from another thread, waiting at most `max_block` seconds for room,
+        then spooling it (what `SyncEmitter.emit` does; thread-safe)."""
+        deadline = time.monotonic() + self.max_block
+        while not self._offer(msg, spill=False):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._offer(msg, spill=True)
+                return
+            with self._cond:
+                self._cond.wait(min(remaining, 0.05))
+
     def _offer(self, msg: Message, spill: bool) -> bool:
         """Queue `msg` (True), or report the queue full (False); with `spill`, spool instead.
 
@@ -352,7 +365,7 @@ class Emitter(EventBuilders[Awaitable[str]]):
             request_timeout_ms=timeout_ms,
             metadata_max_age_ms=60_000,
             client_id="agent-ledger-emitter",
-            **self.settings.kafka_security(),
+            **security_kwargs(self.settings),
         )
         try:
             await asyncio.wait_for(producer.start(), self.delivery_timeout)
@@ -523,16 +536,7 @@ class SyncEmitter(EventBuilders[str]):
 
     def emit(self, event: EventLike) -> str:
         """Validate, encode and queue one event; blocks at most `max_block` seconds."""
-        em = self._emitter
-        msg = em.prepare(event)
-        deadline = time.monotonic() + em.max_block
-        while not em._offer(msg, spill=False):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                em._offer(msg, spill=True)
-                break
-            with em._cond:
-                em._cond.wait(min(remaining, 0.05))
+        self._emitter.offer_blocking(self._emitter.prepare(event))
         return _event_id(event)
 
     def _submit(self, event: dict[str, Any]) -> str:

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.batch import Decoded, EventBatch, decode_values
-from ledger.codec import Codec
-from ledger.fastdecode import BatchDecoder, FastDecoder
+from ledger.contract.batch import Decoded, EventBatch, decode_values
+from ledger.contract.codec import Codec
+from ledger.contract.fastdecode import BatchDecoder, FastDecoder
 from ledger.store import Rejected
 
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
-from ledger import events
-from ledger.codec import Codec, default_codec
+from ledger.contract import events
+from ledger.contract.codec import Codec, default_codec
 from ledger.errors import LedgerError
 from ledger.store import AppendResult, Incoming, Rejected, Store
 

@@ -5,7 +5,7 @@ consumer's own process busy. A worker decodes batch k+1 while the consumer appen
 It holds no state that matters: the ledger's transaction stays in the consumer, and if the
 worker dies the consumer decodes in-process from then on.
 
-The worker is `python -m ledger.workers`, talking length-prefixed pickles over its stdin and
+The worker is `python -m ledger.stream.workers`, talking length-prefixed pickles over its stdin and
 stdout. Not `multiprocessing`: its spawn mode re-imports the caller's main module, which would
 re-run any unguarded script that embeds a consumer. The worker exits when its stdin closes or
 its parent dies (Linux PR_SET_PDEATHSIG), and ignores Ctrl-C, which the consumer handles by
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
@@ -30,14 +29,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
-from ledger.batch import Decoded, decode_values
-from ledger.codec import Codec
-from ledger.fastdecode import BatchDecoder
+from ledger.contract.batch import Decoded, decode_values
+from ledger.contract.codec import Codec
+from ledger.contract.fastdecode import BatchDecoder
+from ledger.stream._proc import die_with_parent, tune_process
 
 log = logging.getLogger("ledger.consume")
 
-_PR_SET_PDEATHSIG = 1
 _FRAME = struct.Struct(">Q")
+#: this module's importable name, whatever package it was moved into (`python -m` runs it)
+_MODULE = __spec__.name if __spec__ is not None else "ledger.stream.workers"
 
 
 def default_workers() -> int:
@@ -72,12 +73,12 @@ class _Worker:
 
     def __init__(self, codec: Codec) -> None:
         # the package this process runs, even if it is not installed where the child looks
-        here = str(Path(__file__).resolve().parent.parent)
+        here = str(Path(__file__).resolve().parents[_MODULE.count(".")])
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.workers"],
+            [sys.executable, "-m", _MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errors,
@@ -206,14 +207,6 @@ class DecodeWorkers:
             worker.stop()
 
 
-def _die_with_parent(parent: int) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
-
-
 def main() -> None:
     """The worker process: a decoder serving one batch at a time until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -224,9 +217,7 @@ def main() -> None:
         parent, extra_schemas = _recv(requests)
     except EOFError:
         return
-    _die_with_parent(parent)
-    from ledger.consumer import tune_process
-
+    die_with_parent(signal.SIGKILL, parent)
     tune_process()
     decoder = BatchDecoder(Codec(extra_schemas))
     _send(replies, ("ok", os.getpid()))

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ledger.cli import cli
-from ledger.cli_audit import COMMANDS
+from ledger.cli.audit import COMMANDS
 from tests import factories as f
 from tests.conftest import write_jsonl
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ledger.broker import EmbeddedBroker, free_port
 from ledger.cli import cli
 from ledger.store import Store
+from ledger.stream.broker import EmbeddedBroker, free_port
 from tests import factories as f
 from tests.conftest import write_jsonl
 from tests.kafkautil import Stderr

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ledger.broker import EmbeddedBroker
-from ledger.checkpoint import stored, write_keypair
 from ledger.cli import cli
+from ledger.integrity.checkpoint import write_keypair
 from ledger.store import Store
+from ledger.store.checkpoints import stored
+from ledger.stream.broker import EmbeddedBroker
 from tests import factories as f
 from tests.kafkautil import produce, wire
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ledger.broker import EmbeddedBroker
 from ledger.cli import cli
+from ledger.stream.broker import EmbeddedBroker
 from tests import factories as f
 from tests.conftest import write_jsonl
 from tests.kafkautil import read_all

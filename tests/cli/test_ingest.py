@@ -16,7 +16,7 @@ from ledger.cli import cli
 from tests import factories as f
 from tests.conftest import write_jsonl
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "events.jsonl"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "events.jsonl"
 
 
 def good_events() -> list[dict[str, object]]:

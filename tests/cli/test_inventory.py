@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from ledger.cli import cli
 from tests import factories as f
-from tests.test_queries import tree
-from tests.test_rules import build
+from tests.query.test_ledger import tree
+from tests.query.test_rules import build
 
 
 def test_inventory_json_and_table(tmp_path: Path) -> None:

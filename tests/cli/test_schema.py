@@ -8,7 +8,7 @@ import fastavro
 from click.testing import CliRunner
 
 from ledger.cli import cli
-from ledger.codec import current_schema, default_codec, schema_fingerprint
+from ledger.contract.codec import current_schema, default_codec, schema_fingerprint
 
 
 def test_schema_show_is_a_parseable_avro_schema() -> None:

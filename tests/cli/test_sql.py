@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from ledger.cli import cli
-from tests.test_queries import tree
-from tests.test_rules import build
+from tests.query.test_ledger import tree
+from tests.query.test_rules import build
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from ledger.cli import cli
-from tests.test_rules import build, scenario
+from tests.query.test_rules import build, scenario
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,14 @@ import fastavro
 import pyarrow as pa
 import pytest
 
-from ledger import events
-from ledger.batch import Decoded, EventBatch, decode_values
-from ledger.codec import Codec
-from ledger.fastdecode import BatchDecoder
+from ledger.contract import events
+from ledger.contract.batch import Decoded, EventBatch, decode_values
+from ledger.contract.codec import Codec
+from ledger.contract.fastdecode import BatchDecoder
 from ledger.store import Incoming
 from tests import factories as f
-from tests.test_codec import OLD_DATUM, older_schema, write_with
-from tests.test_fastdecode import _samples
+from tests.contract.test_codec import OLD_DATUM, older_schema, write_with
+from tests.contract.test_fastdecode import _samples
 
 
 def _record(ev: dict[str, Any]) -> dict[str, Any]:
@@ -40,9 +40,7 @@ def _invalid(codec: Codec) -> list[bytes]:
     """Well-formed Avro that `check_record` refuses, one per rule."""
     principal = _record(f.principal("agent:b"))
     granted = _record(f.granted("d-9", "user:a", "agent:b"))
-    inverted = granted | {
-        "data": granted["data"] | {"expires_at": granted["data"]["not_before"]}
-    }
+    inverted = granted | {"data": granted["data"] | {"expires_at": granted["data"]["not_before"]}}
     return [
         codec.encode(principal | {"event_id": ""}),
         codec.encode(principal | {"producer": ""}),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from ledger import events
-from ledger.builders import partition_key, uuid7
+from ledger.contract import events
+from ledger.contract.builders import partition_key, uuid7
 from tests import factories as f
 
 

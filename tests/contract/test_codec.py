@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,10 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ledger.codec as codec_module
+import ledger.contract.codec as codec_module
 from bench.generate import generate
-from ledger import events
-from ledger.codec import HEADER_LEN, MAGIC, Codec, current_schema
+from ledger.contract import events
+from ledger.contract.codec import HEADER_LEN, MAGIC, Codec, current_schema
 from ledger.errors import CodecError
 from tests import factories as f
 
@@ -341,7 +342,7 @@ def test_released_schemas_folder_is_picked_up(
     released = package / "schemas" / "released"
     released.mkdir(parents=True)
     shutil.copy(
-        Path(codec_module.__file__).parent / "schemas" / "audit_event.avsc", package / "schemas"
+        Path(str(resources.files("ledger.schemas") / "audit_event.avsc")), package / "schemas"
     )
     (released / "audit_event.v0.avsc").write_text(json.dumps(older_schema()))
     (released / "README.txt").write_text("not a schema")

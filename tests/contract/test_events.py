@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger import events
+from ledger.contract import events
 from ledger.errors import ValidationError
 from tests import factories as f
 
@@ -186,7 +186,7 @@ def _field_value(draw: st.DrawFn, schema: Any) -> Any:
 @st.composite
 def avro_records(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     """Records as Avro can carry them: any strings, any longs, type and branch chosen apart."""
-    from ledger.codec import current_schema
+    from ledger.contract.codec import current_schema
 
     branches = current_schema()["fields"][-1]["type"]
     branch = draw(st.sampled_from(branches))
@@ -216,7 +216,7 @@ def _json_time(micros: int) -> str:
 
 def _json_form(record: dict[str, Any], record_name: str) -> dict[str, Any]:
     """The JSON form of a record; timestamps fields are known from the Avro branch."""
-    from ledger.codec import current_schema
+    from ledger.contract.codec import current_schema
 
     branch = next(
         b for b in current_schema()["fields"][-1]["type"] if f"ledger.v1.{b['name']}" == record_name

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from ledger import events
-from ledger.codec import Codec
+from ledger.contract import events
+from ledger.contract.codec import Codec
+from ledger.contract.fastdecode import FastDecoder
 from ledger.errors import CodecError
-from ledger.fastdecode import FastDecoder
 from tests import factories as f
 
 
@@ -92,7 +92,7 @@ def _varint(n: int) -> bytes:
 
 
 def test_read_long_agrees_with_the_varint_definition_at_every_length() -> None:
-    from ledger.fastdecode import _read_long, _Reject
+    from ledger.contract.fastdecode import _read_long, _Reject
 
     rng = random.Random(5)
     values = [0, -1, 1, 63, -64, 64, (1 << 63) - 1, -(1 << 63), 1_774_260_000_000_000]

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from ledger import checkpoint as ckpt
-from ledger import treestore
-from ledger.checkpoint import Checkpointer, Signer, Verifier
 from ledger.errors import ConfigError, StoreError, VerificationError
-from ledger.store import Store
-from tests.test_treestore import incoming
+from ledger.integrity import checkpoint as ckpt
+from ledger.integrity.checkpoint import Checkpointer
+from ledger.store import Store, checkpoints, treestore
+from ledger.tlog import note as signed_note
+from ledger.tlog.note import Signer, Verifier
+from tests.store.test_treestore import incoming
 
 # golang.org/x/mod/sumdb/note documentation example (also in C2SP implementations' test suites)
 GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
@@ -38,9 +39,12 @@ def test_reference_keys_and_notes_byte_for_byte() -> None:
     signer = Signer.parse(GO_SKEY)
     assert signer.text == GO_SKEY
     assert signer.verifier.text == GO_VKEY
-    assert ckpt.sign_note(GO_TEXT, signer) == GO_NOTE
-    assert ckpt.open_note(GO_NOTE, Verifier.parse(GO_VKEY)) == GO_TEXT
-    assert ckpt.open_note(SPEC_NOTE, Verifier.parse(SPEC_VKEY)) == "This is an example message.\n"
+    assert signed_note.sign_note(GO_TEXT, signer) == GO_NOTE
+    assert signed_note.open_note(GO_NOTE, Verifier.parse(GO_VKEY)) == GO_TEXT
+    assert (
+        signed_note.open_note(SPEC_NOTE, Verifier.parse(SPEC_VKEY))
+        == "This is an example message.\n"
+    )
 
 
 def test_notes_that_must_not_verify() -> None:
@@ -51,13 +55,13 @@ def test_notes_that_must_not_verify() -> None:
         GO_NOTE.replace("\u2014", "-"): "malformed signature line",
         GO_NOTE.rstrip("\n"): "newline",
         GO_TEXT: "no blank line",
-        ckpt.sign_note(GO_TEXT, other): r"not signed by PeterNeumann\+c74f20a3",
+        signed_note.sign_note(GO_TEXT, other): r"not signed by PeterNeumann\+c74f20a3",
         GO_NOTE.replace("AM=\n", "AN=\n"): "canonical base64",
         GO_NOTE.replace("problem,", "problem\r"): "control characters",
     }
     for note, why in cases.items():
         with pytest.raises(VerificationError, match=why):
-            ckpt.open_note(note, v)
+            signed_note.open_note(note, v)
 
 
 def test_key_parsing_rejects_bad_keys() -> None:
@@ -72,13 +76,13 @@ def test_key_parsing_rejects_bad_keys() -> None:
 
 
 def test_checkpoint_body_round_trip_and_errors() -> None:
-    body = ckpt.checkpoint_body("example.com/log", 42, bytes(range(32)))
+    body = signed_note.checkpoint_body("example.com/log", 42, bytes(range(32)))
     assert body == "example.com/log\n42\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
-    assert ckpt.parse_body(body) == ("example.com/log", 42, bytes(range(32)))
-    assert ckpt.parse_body(body + "extension line\n")[1] == 42
+    assert signed_note.parse_body(body) == ("example.com/log", 42, bytes(range(32)))
+    assert signed_note.parse_body(body + "extension line\n")[1] == 42
     for bad in (body.replace("42", "042"), body.replace("42", "-4"), "o\n1\nAAAA\n", "o\n1\n"):
         with pytest.raises(VerificationError):
-            ckpt.parse_body(bad)
+            signed_note.parse_body(bad)
 
 
 def test_keygen_files(tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_a_private_key_others_can_read_is_said(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     key, _ = ckpt.write_keypair(tmp_path / "keys", "example.org/ledger")
-    with caplog.at_level(logging.WARNING, "ledger.checkpoint"):
+    with caplog.at_level(logging.WARNING, "ledger.integrity.checkpoint"):
         ckpt.load_signer(key)
         assert caplog.records == []
         key.chmod(0o644)
@@ -114,13 +118,13 @@ def test_create_stores_signs_and_is_deterministic(db_path: Path) -> None:
         store.append(incoming(10))
         cp = ckpt.create(store, signer, "agent-ledger/test")
         assert (cp.size, cp.root) == (10, treestore.read_head(store.con).root)
-        assert ckpt.open_checkpoint(cp.note, signer.verifier) == cp
+        assert signed_note.open_checkpoint(cp.note, signer.verifier) == cp
         again = ckpt.create(store, signer, "agent-ledger/test")
         assert again.note == cp.note
-        assert len(ckpt.stored(store.con)) == 1
+        assert len(checkpoints.stored(store.con)) == 1
         store.append(incoming(3, "b"))
         ckpt.create(store, signer, "agent-ledger/test")
-        rows = ckpt.stored(store.con)
+        rows = checkpoints.stored(store.con)
         assert [(r.n, r.size) for r in rows] == [(1, 10), (2, 13)]
         assert rows[1].vkey == signer.verifier.text
     assert ckpt.default_origin(str(db_path)) == "agent-ledger/ledger"
@@ -183,7 +187,7 @@ def test_checkpointer_by_count_by_time_and_when_idle(db_path: Path) -> None:
         assert made is not None and made.size == 15
         clock.now += 500
         assert cpr.maybe_checkpoint(store, idle=True) is None  # idle, nothing pending
-        assert [r.size for r in ckpt.stored(store.con)] == [12, 15]
+        assert [r.size for r in checkpoints.stored(store.con)] == [12, 15]
         # a new Checkpointer (a restarted consumer) counts from the last stored checkpoint
         fresh = Checkpointer(Signer.generate(), "o", every_entries=10, every_seconds=0, clock=clock)
         store.append(events[15:24])

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-import ledger.proofcheck as pc
-from ledger import merkle
-from ledger.checkpoint import Signer
-from ledger.proofcheck import ProofCheckError, check_bundle, check_file
-from tests.test_merkle import CONSISTENCY, INCLUSION, LEAVES, ROOTS
+import ledger.integrity.proofcheck as pc
+from ledger.integrity.proofcheck import ProofCheckError, check_bundle, check_file
+from ledger.tlog import merkle
+from ledger.tlog.note import Signer
+from tests.tlog.test_merkle import CONSISTENCY, INCLUSION, LEAVES, ROOTS
 
 
 def test_imports_nothing_from_the_ledger_package() -> None:
@@ -43,7 +43,7 @@ def test_rfc_vectors_through_its_own_verification_code() -> None:
 
 def make_bundle(signer: Signer, index: int = 5, size: int = 13) -> dict[str, Any]:
     """An inclusion bundle over synthetic entries, signed by `signer`."""
-    from ledger import checkpoint as ckpt
+    from ledger.tlog import note as signed_note
 
     payloads = [
         b"\xc3\x01" + bytes(8) + bytes([2 * 4]) + f"id{i:02d}".encode() for i in range(size)
@@ -54,7 +54,7 @@ def make_bundle(signer: Signer, index: int = 5, size: int = 13) -> dict[str, Any
         prev = merkle.leaf_hash(seq.to_bytes(8, "big") + prev + p)
         hashes.append(prev)
     root = merkle.root(hashes)
-    note = ckpt.sign_note(ckpt.checkpoint_body("example.org/log", size, root), signer)
+    note = signed_note.sign_note(signed_note.checkpoint_body("example.org/log", size, root), signer)
     import base64
 
     return {

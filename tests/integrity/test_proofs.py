@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ledger import checkpoint as ckpt
-from ledger import merkle, proofcheck, proofs
-from ledger.checkpoint import Signer
 from ledger.errors import ConfigError, NotFoundError, VerificationError
-from ledger.store import Store
-from tests.test_treestore import incoming, leaves
+from ledger.integrity import checkpoint as ckpt
+from ledger.integrity import proofcheck, proofs
+from ledger.store import Store, checkpoints
+from ledger.tlog import merkle
+from ledger.tlog import note as signed_note
+from ledger.tlog.note import Signer
+from tests.store.test_treestore import incoming, leaves
 
 INCLUSION_KEYS = {"event_id", "seq", "payload_b64", "prev_hash", "leaf_hash", "tree_size",
                   "audit_path", "root_hash", "checkpoint", "public_key"}  # fmt: skip
@@ -51,13 +53,13 @@ def test_inclusion_bundle_against_the_latest_covering_checkpoint(
     assert b["root_hash"] == merkle.root(all_leaves).hex()
     path = [bytes.fromhex(h) for h in b["audit_path"]]
     merkle.verify_inclusion(7, 40, all_leaves[7], path, bytes.fromhex(b["root_hash"]))
-    assert ckpt.open_checkpoint(b["checkpoint"], signer.verifier).size == 40
+    assert signed_note.open_checkpoint(b["checkpoint"], signer.verifier).size == 40
     result = proofcheck.check_bundle(b, signer.verifier.text)
     assert result.kind == "inclusion" and result.pinned
 
 
 def test_inclusion_bundle_against_a_given_checkpoint(store: Store, signer: Signer) -> None:
-    note25 = ckpt.stored(store.con)[0].note
+    note25 = checkpoints.stored(store.con)[0].note
     b = proofs.inclusion_bundle(store, store.events[3].event_id, checkpoint_note=note25)  # type: ignore[attr-defined]
     assert (b["tree_size"], b["checkpoint"]) == (25, note25)
     proofcheck.check_bundle(b, signer.verifier.text)
@@ -80,7 +82,7 @@ def test_no_covering_checkpoint_is_required_or_signed(store: Store, signer: Sign
         proofs.inclusion_bundle(store, events[42].event_id)
     b = proofs.inclusion_bundle(store, events[42].event_id, signer=signer, origin="example.org/x")
     assert b["tree_size"] == 45
-    assert [r.size for r in ckpt.stored(store.con)] == [25, 40, 45]
+    assert [r.size for r in checkpoints.stored(store.con)] == [25, 40, 45]
     proofcheck.check_bundle(b, signer.verifier.text)
     with pytest.raises(NotFoundError, match="no event 'nope'"):
         proofs.inclusion_bundle(store, "nope")

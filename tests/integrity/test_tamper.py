@@ -11,14 +11,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from ledger import chain, proofs, treestore
-from ledger import checkpoint as ckpt
-from ledger.checkpoint import Signer
 from ledger.cli import cli
-from ledger.proofcheck import ProofCheckError, check_bundle
-from ledger.store import Store
-from ledger.verify import VerifyReport, verify_store
-from tests.test_treestore import incoming
+from ledger.integrity import checkpoint as ckpt
+from ledger.integrity import proofs
+from ledger.integrity.proofcheck import ProofCheckError, check_bundle
+from ledger.integrity.verify import VerifyReport, verify_store
+from ledger.store import Store, treestore
+from ledger.tlog import chain
+from ledger.tlog import note as signed_note
+from ledger.tlog.note import Signer
+from tests.store.test_treestore import incoming
 
 ORIGIN = "example.org/ledger"
 
@@ -144,13 +146,13 @@ def test_forged_signatures(ledger: tuple[Store, list[str]], signer: Signer) -> N
     body = notes[0][: notes[0].index("\n\n") + 1]
     con.execute(
         "UPDATE checkpoints SET note = ?, vkey = ? WHERE n = 1",
-        [ckpt.sign_note(body, mallory), mallory.verifier.text],
+        [signed_note.sign_note(body, mallory), mallory.verifier.text],
     )
     assert verify_store(store).ok  # self-consistent without a pinned key...
     report = verify_store(store, public_key=signer.verifier.text)  # ...not with one
     failed(report, None, "checkpoint #1 (size 20) is not signed by the given public key")
     report = verify_store(
-        store, checkpoint=ckpt.sign_note(body, mallory), public_key=signer.verifier.text
+        store, checkpoint=signed_note.sign_note(body, mallory), public_key=signer.verifier.text
     )
     failed(report, None, "the given checkpoint does not verify", "not signed by example.org/keys")
 

@@ -14,15 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ledger.verify as verify_module
+import ledger.integrity.verify as verify_module
 from bench.generate import generate
-from ledger import events
-from ledger.codec import Codec, default_codec
-from ledger.ingest import ingest
+from ledger.contract import events
+from ledger.contract.codec import Codec, default_codec
+from ledger.integrity.verify import verify_store
 from ledger.store import Incoming, Store
-from ledger.verify import verify_store
+from ledger.stream.ingest import ingest
 from tests import factories as f
-from tests.test_codec import OLD_DATUM, older_schema, write_with
+from tests.contract.test_codec import OLD_DATUM, older_schema, write_with
 
 N = 13
 BATCHES = [3, 5, 32_768]  # the verify batch size: tampering at and across batch boundaries

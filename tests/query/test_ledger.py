@@ -11,7 +11,7 @@ import pytest
 from ledger import Ledger
 from ledger.errors import ConfigError, NotFoundError, ValidationError
 from tests import factories as f
-from tests.test_rules import build
+from tests.query.test_rules import build
 
 
 def tree() -> list[dict[str, object]]:

@@ -11,16 +11,21 @@ from typing import Any
 
 import pytest
 
-from ledger.ingest import ingest
-from ledger.queries import Ledger
-from ledger.rules import ACTION_KINDS, DELEGATION_KINDS, KINDS, resource_covers, scope_covers
-from ledger.store import Store
+from ledger.query.ledger import Ledger
+from ledger.query.rules import ACTION_KINDS, DELEGATION_KINDS, KINDS, resource_covers, scope_covers
+from ledger.store import Store, StoreExtension
+from ledger.stream.ingest import ingest
 from tests import factories as f
 
 
-def build(path: Path, events: Sequence[dict[str, Any]], batch_size: int = 10_000) -> Path:
+def build(
+    path: Path,
+    events: Sequence[dict[str, Any]],
+    batch_size: int = 10_000,
+    extensions: Sequence[StoreExtension] | None = None,
+) -> Path:
     """A ledger file holding `events`, appended through file ingest in batches."""
-    with Store.open(path) as store:
+    with Store.open(path, extensions=extensions) as store:
         lines = ((f"test:{i}", json.dumps(ev).encode()) for i, ev in enumerate(events))
         summary = ingest(store, lines, batch_size=batch_size)
     assert summary.quarantined == 0

@@ -9,11 +9,11 @@ import duckdb
 import pytest
 
 from ledger.errors import StoreError
-from ledger.projections import TABLE_NAMES, Projections, projected_size, rebuild
-from ledger.queries import Ledger
+from ledger.query.ledger import Ledger
 from ledger.store import Store
+from ledger.store.projections import TABLE_NAMES, Projections, projected_size, rebuild
 from tests import factories as f
-from tests.test_rules import build, scenario
+from tests.query.test_rules import build, scenario
 
 
 def _answers(db: Path) -> dict[str, Any]:
@@ -71,15 +71,12 @@ def test_a_failed_append_leaves_no_projection_rows(db_path: Path) -> None:
         def on_append(self, con: duckdb.DuckDBPyConnection, entries: Any) -> None:
             raise duckdb.Error("boom")
 
-    import ledger.store as store_mod
-
-    original = store_mod.extensions
-    store_mod.extensions = lambda: (Projections(), Boom())  # type: ignore[assignment]
-    try:
-        with pytest.raises(StoreError):
-            build(db_path, [f.principal("agent:b"), f.action("a1", "agent:b")])
-    finally:
-        store_mod.extensions = original
+    with pytest.raises(StoreError):
+        build(
+            db_path,
+            [f.principal("agent:b"), f.action("a1", "agent:b")],
+            extensions=[Projections(), Boom()],
+        )
     with Store.open(db_path, read_only=True) as store:
         assert store.con.execute("SELECT count(*) FROM principals").fetchone()[0] == 1
         assert store.con.execute("SELECT count(*) FROM actions").fetchone()[0] == 0

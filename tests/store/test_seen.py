@@ -9,11 +9,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-import ledger.seen as seen_module
-from ledger.codec import Codec
-from ledger.seen import SeenIds
+import ledger.store.seen as seen_module
+from ledger.contract.codec import Codec
 from ledger.store import Store
-from tests.test_store import sample
+from ledger.store.seen import SeenIds
+from tests.store.test_store import sample
 
 
 def test_held_is_exact_across_appends_and_reopening(db_path: Path, codec: Codec) -> None:

@@ -10,10 +10,11 @@ import duckdb
 import pytest
 
 import ledger.store as store_module
-from ledger import chain, events
-from ledger.codec import Codec
+from ledger.contract import events
+from ledger.contract.codec import Codec
 from ledger.errors import StoreError
 from ledger.store import Appended, Incoming, Rejected, Store
+from ledger.tlog import chain
 from tests import factories as f
 
 
@@ -130,9 +131,8 @@ def test_extensions_run_inside_the_append_transaction(
     db_path: Path, codec: Codec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ext = RecordingExtension()
-    monkeypatch.setattr(store_module, "extensions", lambda: (ext,))
     batch = sample(codec, 4)
-    with Store.open(db_path) as store:
+    with Store.open(db_path, extensions=[ext]) as store:
         store.append(batch[:2])
         (seen,) = ext.seen
         assert seen.first_seq == 0
@@ -157,11 +157,10 @@ def test_extensions_run_inside_the_append_transaction(
 def test_a_failed_append_leaves_the_chain_consistent(
     db_path: Path, codec: Codec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "extensions", lambda: (RecordingExtension(fail=True),))
-    with Store.open(db_path) as store, pytest.raises(RuntimeError):
+    failing = [RecordingExtension(fail=True)]
+    with Store.open(db_path, extensions=failing) as store, pytest.raises(RuntimeError):
         store.append(sample(codec, 2))
-    monkeypatch.setattr(store_module, "extensions", lambda: ())
-    with Store.open(db_path) as store:
+    with Store.open(db_path, extensions=[]) as store:
         result = store.append(sample(codec, 2))
         assert (result.appended, result.size) == (2, 2)
         assert store.con.execute("SELECT min(seq) FROM entries").fetchall() == [(0,)]

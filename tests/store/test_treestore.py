@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ledger import merkle, treestore
-from ledger.codec import default_codec
+from ledger.contract.codec import default_codec
 from ledger.errors import StoreError
-from ledger.ingest import prepare
-from ledger.store import Incoming, Store
+from ledger.store import Incoming, Store, treestore
+from ledger.stream.ingest import prepare
+from ledger.tlog import merkle
 from tests import factories as f
 
 

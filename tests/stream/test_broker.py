@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from ledger.broker import (
+from ledger.errors import BrokerError
+from ledger.stream.broker import (
     EmbeddedBroker,
     free_port,
     metadata_brokers,
     port_in_use,
     resolve_broker_bin,
 )
-from ledger.errors import BrokerError
 
 
 def _alive(pid: int) -> bool:

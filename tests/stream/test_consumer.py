@@ -16,12 +16,12 @@ from aiokafka import AIOKafkaConsumer
 from click.testing import CliRunner
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from ledger import events
-from ledger.broker import EmbeddedBroker
 from ledger.cli import cli
-from ledger.codec import Codec
+from ledger.contract import events
+from ledger.contract.codec import Codec
+from ledger.integrity.verify import verify_store
 from ledger.store import Store
-from ledger.verify import verify_store
+from ledger.stream.broker import EmbeddedBroker
 from tests import factories as f
 from tests.kafkautil import consume_into, produce, wire
 

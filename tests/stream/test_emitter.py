@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from ledger.broker import EmbeddedBroker, free_port
-from ledger.codec import Codec
-from ledger.emitter import Emitter, SyncEmitter
+from ledger.contract.codec import Codec
 from ledger.errors import SpoolFullError, ValidationError
+from ledger.stream.broker import EmbeddedBroker, free_port
+from ledger.stream.emitter import Emitter, SyncEmitter
 from tests import factories as f
 from tests.kafkautil import read_all
 

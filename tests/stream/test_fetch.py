@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 from aiokafka import TopicPartition
 
-from ledger.codec import Codec
-from ledger.fastdecode import BatchDecoder
-from ledger.fetch import prepare_batch
+from ledger.contract.codec import Codec
+from ledger.contract.fastdecode import BatchDecoder
+from ledger.stream.fetch import prepare_batch
 from tests import factories as f
 from tests.kafkautil import wire
 

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from bench.generate import EventGenerator, generate, write_jsonl
-from ledger import events
-from ledger.codec import Codec
+from ledger.contract import events
+from ledger.contract.codec import Codec
 from ledger.errors import LedgerError
-from ledger.ingest import IngestSummary, fewer_collections, ingest, prepare, read_lines
 from ledger.store import Incoming, Rejected, Store
+from ledger.stream.ingest import IngestSummary, fewer_collections, ingest, prepare, read_lines
 from tests import factories as f
 from tests.conftest import write_jsonl as write_events
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.broker import EmbeddedBroker
-from ledger.emitter import Emitter
+from ledger.integrity.verify import verify_store
 from ledger.store import Store
-from ledger.verify import verify_store
+from ledger.stream.broker import EmbeddedBroker
+from ledger.stream.emitter import Emitter
 from tests import factories as f
 from tests.kafkautil import Stderr
 
@@ -82,7 +82,7 @@ def test_sigkilled_consumer_restarts_to_exactly_once(
 def test_a_decode_worker_killed_mid_stream_loses_nothing(
     broker: EmbeddedBroker, tmp_path: Path, db_path: Path
 ) -> None:
-    from tests.test_cli_consume import _children
+    from tests.cli.test_consume import _children
 
     topic = broker.create_topic(f"worker-kill-{random.randrange(1 << 30)}", partitions=4)
     sent = _events(N_EVENTS)

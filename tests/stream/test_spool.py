@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ledger.errors import ConfigError, SpoolFullError
-from ledger.spool import Spool
+from ledger.stream.spool import Spool
 
 
 def _msgs(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from ledger import events
-from ledger.batch import Decoded, decode_values
-from ledger.codec import Codec
-from ledger.fastdecode import BatchDecoder
-from ledger.workers import DecodeWorkers
+from ledger.contract import events
+from ledger.contract.batch import Decoded, decode_values
+from ledger.contract.codec import Codec
+from ledger.contract.fastdecode import BatchDecoder
+from ledger.stream.workers import DecodeWorkers
 from tests import factories as f
-from tests.test_codec import OLD_DATUM, older_schema, write_with
+from tests.contract.test_codec import OLD_DATUM, older_schema, write_with
 
 
 def _values(codec: Codec, n: int = 40) -> list[bytes | None]:

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from ledger import chain
+from ledger.tlog import chain
 
 PAYLOADS = [b"alpha", b"beta", b"gamma"]
 #: SHA-256(0x00 || u64be(seq) || prev_hash || payload), prev of seq 0 = 32 zero bytes

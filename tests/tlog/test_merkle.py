@@ -8,8 +8,8 @@ from hashlib import sha256
 
 import pytest
 
-from ledger import merkle
-from ledger.merkle import ProofError
+from ledger.tlog import merkle
+from ledger.tlog.merkle import ProofError
 
 # RFC 6962 test data as published by transparency-dev/merkle (testonly/constants.go,
 # proof/verify_test.go), also used by certificate-transparency-go.
