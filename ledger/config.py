@@ -9,6 +9,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.errors import ConfigError
 
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "DEFAULT_DB",
+    "DEFAULT_GROUP",
+    "DEFAULT_TOPIC",
+    "Settings",
+    "load",
+    "root_authority_ids",
+]
+
 DEFAULT_DB = "ledger.duckdb"
 DEFAULT_TOPIC = "agent-audit-events"
 DEFAULT_GROUP = "agent-ledger"
@@ -39,9 +49,19 @@ class Settings(BaseSettings):
     batch_size: int = 10_000
     # Consumer: processes decoding messages beside it; None = 1 with two or more cores, else 0.
     decode_workers: int | None = Field(default=None, ge=0)
+    # Authority rules: a chain longer than this is itself a finding (CHAIN_TOO_DEEP), and the
+    # principals besides registered humans that may make root grants (comma-separated ids,
+    # e.g. an IdP's service principal; ROOT_NOT_HUMAN otherwise).
+    max_chain_depth: int = Field(default=32, ge=1)
+    root_authorities: str = ""
     # Emitter: where events wait on disk while the broker is unreachable, and its size limit.
     spool: str | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
+
+
+def root_authority_ids(settings: Settings) -> frozenset[str]:
+    """The allow-listed root authorities of `settings.root_authorities` (comma-separated)."""
+    return frozenset(p.strip() for p in settings.root_authorities.split(",") if p.strip())
 
 
 def load(**overrides: Any) -> Settings:

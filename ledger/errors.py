@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "BrokerError",
+    "CodecError",
+    "ConfigError",
+    "LedgerError",
+    "NotFoundError",
+    "SpoolFullError",
+    "StoreError",
+    "ValidationError",
+    "VerificationError",
+]
+
 
 class LedgerError(Exception):
     """Base of every error the ledger raises on purpose; `exit_code` is what the CLI returns."""

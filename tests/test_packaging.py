@@ -19,6 +19,15 @@ def avsc_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.avsc"))}
 
 
+def python_files(root: Path) -> set[str]:
+    """Every `ledger/**/*.py` under root, as wheel member names (`ledger/contract/codec.py`)."""
+    return {
+        p.relative_to(root).as_posix()
+        for p in (root / "ledger").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+
+
 def test_shipped_schemas_match_top_level_byte_for_byte() -> None:
     top, shipped = avsc_files(TOP), avsc_files(SHIPPED)
     assert "audit_event.avsc" in top
@@ -26,8 +35,13 @@ def test_shipped_schemas_match_top_level_byte_for_byte() -> None:
 
 
 @pytest.mark.slow
-def test_wheel_ships_the_schema(tmp_path: Path) -> None:
-    """Build the wheel from a copy of the sources (the work tree stays untouched)."""
+def test_wheel_ships_the_schema_and_every_module(tmp_path: Path) -> None:
+    """Build the wheel from a copy of the sources (the work tree stays untouched).
+
+    Every module must be in it: setuptools only finds packages it is told about (and a folder
+    without `__init__.py` is silently left out), so a new subpackage can vanish from the wheel
+    while every test of the work tree still passes.
+    """
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -38,6 +52,8 @@ def test_wheel_ships_the_schema(tmp_path: Path) -> None:
     shutil.copytree(
         ROOT / "ledger", src / "ledger", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
+    sources = python_files(src)  # the copy is the source tree the wheel is built from
+    assert {"ledger/__init__.py", "ledger/contract/columns.py", "ledger/cli/_common.py"} <= sources
     out = tmp_path / "dist"
     build = (
         "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
@@ -60,3 +76,4 @@ def test_wheel_ships_the_schema(tmp_path: Path) -> None:
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "ledger = ledger.cli:main" in zf.read(entry_points).decode()
     assert "ledger/py.typed" in names
+    assert sources - set(names) == set(), "modules missing from the wheel"

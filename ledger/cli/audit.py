@@ -12,6 +12,8 @@ import click
 from ledger.cli._common import EXIT_ERROR, EXIT_OK, db_option, echo_json, json_option
 from ledger.errors import ConfigError
 
+__all__ = ["COMMANDS"]
+
 
 def _write(out: str, text: str) -> None:
     if out == "-":

@@ -8,6 +8,8 @@ import click
 
 from ledger.cli._common import echo_json, json_option
 
+__all__ = ["COMMANDS"]
+
 
 @click.command()
 @click.option("--db", default="demo-ledger.duckdb", show_default=True, metavar="PATH",

@@ -9,17 +9,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ledger.cli._common import EXIT_OK, Progress, db_option, echo_json, json_option, render_table
-from ledger.query.rules import KINDS, iso, jsonable
+from ledger.query.rules import KINDS, Thresholds, iso, jsonable
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from ledger.query.blast import BlastRadius
     from ledger.query.custody import Trace
+    from ledger.query.inforce import Authority
+
+__all__ = ["COMMANDS"]
 
 
 class _Time(click.ParamType[datetime, Any]):
@@ -44,6 +50,37 @@ _since = click.option("--since", type=TIME, help="Only from this time on (ISO 86
 _until = click.option("--until", type=TIME, help="Only up to this time (ISO 8601, UTC).")
 
 
+def _authority_options(f: F) -> F:
+    """--max-chain-depth and --root-authority, for every command that applies the rules."""
+    f = click.option(
+        "--root-authority",
+        "root_authorities",
+        multiple=True,
+        metavar="ID",
+        help="A principal besides registered humans that may make root grants (repeatable). "
+        "Env: LEDGER_ROOT_AUTHORITIES (comma-separated).",
+    )(f)
+    return click.option(
+        "--max-chain-depth",
+        type=click.IntRange(min=1),
+        default=None,
+        help="A longer chain is CHAIN_TOO_DEEP. Env: LEDGER_MAX_CHAIN_DEPTH. [default: 32]",
+    )(f)
+
+
+def _thresholds(max_chain_depth: int | None, root_authorities: tuple[str, ...]) -> Thresholds:
+    from ledger.config import load, root_authority_ids
+
+    settings = load(
+        max_chain_depth=max_chain_depth,
+        root_authorities=",".join(root_authorities) if root_authorities else None,
+    )
+    return Thresholds(
+        max_chain_depth=settings.max_chain_depth,
+        root_authorities=root_authority_ids(settings),
+    )
+
+
 # -- trace ------------------------------------------------------------------------------------
 
 
@@ -58,8 +95,16 @@ _until = click.option("--until", type=TIME, help="Only up to this time (ISO 8601
     show_default=True,
     help="text table, JSON, or a graph (Mermaid flowchart, Graphviz dot).",
 )
+@_authority_options
 @json_option
-def trace(action_id: str, db: str, fmt: str, as_json: bool) -> int:
+def trace(
+    action_id: str,
+    db: str,
+    fmt: str,
+    as_json: bool,
+    max_chain_depth: int | None,
+    root_authorities: tuple[str, ...],
+) -> int:
     """Who authorized ACTION_ID: its delegation chain up to the root grant.
 
     Shows each hop (delegator -> delegate, scopes, resources, window, revocation) with
@@ -78,7 +123,7 @@ def trace(action_id: str, db: str, fmt: str, as_json: bool) -> int:
     """
     from ledger.query import Ledger
 
-    with Ledger.open(db) as ledger:
+    with Ledger.open(db, thresholds=_thresholds(max_chain_depth, root_authorities)) as ledger:
         result = ledger.trace(action_id)
     if as_json or fmt == "json":
         echo_json(result.to_dict())
@@ -311,6 +356,91 @@ def _blast_text(r: BlastRadius) -> str:
     )
 
 
+# -- authority --------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--principal", required=True, metavar="ID", help="The principal asked about.")
+@click.option(
+    "--at", "at", type=TIME, default=None, help="The time (ISO 8601, UTC). [default: now]"
+)
+@click.option("--operation", metavar="OP", help="An operation, e.g. crm:read (with --resource).")
+@click.option("--resource", metavar="PATH", help="A resource path (with --operation).")
+@_authority_options
+@db_option
+@json_option
+def authority(
+    *,
+    principal: str,
+    at: datetime | None,
+    operation: str | None,
+    resource: str | None,
+    max_chain_depth: int | None,
+    root_authorities: tuple[str, ...],
+    db: str,
+    as_json: bool,
+) -> int:
+    """What could PRINCIPAL do at a point in time, and through whom?
+
+    Every delegation granted to the principal: in force at --at or not (and why),
+    its path to the root grant, and the scopes and resource patterns that survive
+    every hop. With --operation and --resource: allowed or not, with the reasons
+    per delegation (the same rules as `violations` and `trace`).
+
+    \b
+    Examples:
+      ledger authority --principal agent:planner --at 2026-03-23T10:41:00Z
+      ledger authority --principal agent:planner --at 2026-03-23T10:41:00Z \\
+          --operation crm:read --resource crm/accounts/42 --json
+
+    Exit: 0 (also when not allowed), 1 error.
+    """
+    from ledger.query import Ledger
+
+    if (operation is None) != (resource is None):
+        raise click.UsageError("give --operation and --resource together")
+    with Ledger.open(db, thresholds=_thresholds(max_chain_depth, root_authorities)) as ledger:
+        answer = ledger.authority(principal, at, operation, resource)
+    if as_json:
+        echo_json(answer.to_dict())
+    else:
+        click.echo(_authority_text(answer))
+    return EXIT_OK
+
+
+def _authority_text(a: Authority) -> str:
+    head = f"authority of {a.principal_id} at {iso(a.at)}"
+    if a.operation is not None:
+        verdict = "ALLOWED" if a.allowed else "NOT ALLOWED"
+        how = (
+            f" through {a.allowed_by}"
+            if a.allowed_by
+            else " (a registered human acts on its own authority)"
+            if a.own_authority
+            else ""
+        )
+        head += f": {a.operation} on {a.resource} {verdict}{how}"
+    if not a.delegations:
+        return head + "\n\nno delegation had been granted to it"
+    rows = []
+    for s in a.delegations:
+        why = s.problems or s.reasons
+        rows.append(
+            (
+                s.delegation_id,
+                "yes" if s.in_force else "no",
+                "" if s.allowed is None else ("yes" if s.allowed else "no"),
+                " <- ".join(h["delegation_id"] for h in s.path),
+                s.root_principal or "",
+                ",".join(s.effective_scopes),
+                ",".join(s.effective_resources),
+                "; ".join(f"{p['kind']}: {p['detail']}" for p in why),
+            )
+        )
+    headers = ["delegation", "in force", "allows", "path", "root", "scopes", "resources", "why"]
+    return head + "\n\n" + render_table(rows, headers)
+
+
 # -- violations -------------------------------------------------------------------------------
 
 
@@ -339,10 +469,13 @@ def _blast_text(r: BlastRadius) -> str:
     show_default=True,
     help="...actions in this window.",
 )
+@_authority_options
 @db_option
 @json_option
 def violations(
     *,
+    max_chain_depth: int | None,
+    root_authorities: tuple[str, ...],
     kinds: tuple[str, ...],
     since: datetime | None,
     until: datetime | None,
@@ -358,7 +491,10 @@ def violations(
     in-order ones. Kinds: NO_DELEGATION, NOT_DELEGATE, OUT_OF_SCOPE,
     RESOURCE_OUT_OF_SCOPE, EXPIRED_DELEGATION, REVOKED_DELEGATION, SCOPE_ESCALATION,
     REDELEGATION_NOT_ALLOWED, RETIRED_PRINCIPAL, DENIED_BUT_EXECUTED,
-    LONG_LIVED_CREDENTIAL, CREDENTIAL_MISUSE, UNOWNED_AGENT, UNKNOWN_PRINCIPAL, BURST.
+    LONG_LIVED_CREDENTIAL, CREDENTIAL_MISUSE, UNOWNED_AGENT, UNKNOWN_PRINCIPAL, BURST,
+    DELEGATION_CYCLE, UNKNOWN_DELEGATION, ROOT_NOT_HUMAN, CHAIN_TOO_DEEP, INVALID_PATTERN.
+    Chains are followed to their root however deep; what cannot be traced to a
+    human's root grant authorizes nothing.
 
     \b
     Examples:
@@ -370,7 +506,7 @@ def violations(
     """
     from ledger.query import Ledger
 
-    with Ledger.open(db) as ledger:
+    with Ledger.open(db, thresholds=_thresholds(max_chain_depth, root_authorities)) as ledger:
         found = ledger.violations(
             [k.upper() for k in kinds] or None,
             since,
@@ -544,4 +680,4 @@ def rebuild(db: str, as_json: bool) -> int:
     return EXIT_OK
 
 
-COMMANDS = [trace, blast_radius, violations, inventory, sql, rebuild]
+COMMANDS = [trace, blast_radius, authority, violations, inventory, sql, rebuild]

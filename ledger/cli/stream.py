@@ -22,6 +22,8 @@ from ledger.cli._common import (
 )
 from ledger.errors import LedgerError
 
+__all__ = ["COMMANDS"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_LISTED = 20
 

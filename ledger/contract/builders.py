@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+__all__ = ["KEY_FIELDS", "EventBuilders", "partition_key", "uuid7"]
+
 R = TypeVar("R")
 KEY_FIELDS = ("delegation_id", "principal_id", "credential_id", "decision_id", "action_id")
 

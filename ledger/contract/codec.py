@@ -22,6 +22,20 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from ledger.contract.events import EVENT_TYPES
 from ledger.errors import CodecError
 
+__all__ = [
+    "ENVELOPE_PREFIX",
+    "HEADER_LEN",
+    "MAGIC",
+    "SCHEMA_FILE",
+    "Codec",
+    "current_schema",
+    "default_codec",
+    "full_name",
+    "released_schemas",
+    "schema_fingerprint",
+    "strip_logical",
+]
+
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 SCHEMA_FILE = "audit_event.avsc"

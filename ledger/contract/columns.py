@@ -1,9 +1,11 @@
 """The projection columns of each event type: the one table of what a decoded event becomes.
 
-Derived from the Avro schema and checked field by field against it and the pydantic models
-(`tests/contract/test_columns.py`), so a field added to the contract in one place and not the
-others fails a test. Pure: Arrow only, no database. The store creates its tables from
-`TABLES`; the decoders (`fastdecode`, `batch`) fill Arrow tables in `SCHEMAS` order.
+`TABLES` is derived from the shipped Avro schema at import (one column per field of each `data`
+record, in field order), so the wire form and the tables cannot drift apart; only the table
+names live here. The pydantic models and the builders are checked field by field against the
+same schema (`tests/contract/test_columns.py`). Pure: Arrow only, no database. The store
+creates its tables from `TABLES`; the decoders (`fastdecode`, `batch`) fill Arrow tables in
+`SCHEMAS` order.
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ from typing import Any
 
 import pyarrow as pa
 
+from ledger.contract.codec import current_schema, full_name
+from ledger.contract.events import EVENT_TYPES
+
 __all__ = [
     "COMMON",
     "SCHEMAS",
     "TABLES",
     "TABLE_NAMES",
+    "TABLE_OF",
     "Row",
     "columns_to_arrow",
+    "data_records",
+    "derive_tables",
     "rows_to_arrow",
+    "sql_type",
 ]
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -32,93 +41,67 @@ _SQL_TO_ARROW: dict[str, pa.DataType] = {
     "BOOLEAN": pa.bool_(),
 }
 
-#: event type -> (table, data columns with their SQL types); every table also starts with
-#: seq, event_id and occurred_at of the entry the row came from.
-TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "principal.registered": (
-        "principals",
-        (
-            ("principal_id", "VARCHAR"),
-            ("kind", "VARCHAR"),
-            ("display_name", "VARCHAR"),
-            ("owner_id", "VARCHAR"),
-            ("model", "VARCHAR"),
-        ),
-    ),
-    "principal.retired": (
-        "retirements",
-        (("principal_id", "VARCHAR"), ("retired_by", "VARCHAR"), ("reason", "VARCHAR")),
-    ),
-    "delegation.granted": (
-        "delegations",
-        (
-            ("delegation_id", "VARCHAR"),
-            ("parent_delegation_id", "VARCHAR"),
-            ("delegator_id", "VARCHAR"),
-            ("delegate_id", "VARCHAR"),
-            ("scopes", "VARCHAR[]"),
-            ("resources", "VARCHAR[]"),
-            ("purpose", "VARCHAR"),
-            ("not_before", "TIMESTAMPTZ"),
-            ("expires_at", "TIMESTAMPTZ"),
-            ("may_redelegate", "BOOLEAN"),
-        ),
-    ),
-    "delegation.revoked": (
-        "revocations",
-        (
-            ("delegation_id", "VARCHAR"),
-            ("revoked_by", "VARCHAR"),
-            ("reason", "VARCHAR"),
-            ("cascade", "BOOLEAN"),
-        ),
-    ),
-    "credential.issued": (
-        "credentials",
-        (
-            ("credential_id", "VARCHAR"),
-            ("principal_id", "VARCHAR"),
-            ("delegation_id", "VARCHAR"),
-            ("kind", "VARCHAR"),
-            ("scopes", "VARCHAR[]"),
-            ("expires_at", "TIMESTAMPTZ"),
-            ("fingerprint", "VARCHAR"),
-        ),
-    ),
-    "credential.revoked": (
-        "credential_revocations",
-        (("credential_id", "VARCHAR"), ("revoked_by", "VARCHAR"), ("reason", "VARCHAR")),
-    ),
-    "policy.decided": (
-        "decisions",
-        (
-            ("decision_id", "VARCHAR"),
-            ("principal_id", "VARCHAR"),
-            ("delegation_id", "VARCHAR"),
-            ("action_id", "VARCHAR"),
-            ("operation", "VARCHAR"),
-            ("resource", "VARCHAR"),
-            ("decision", "VARCHAR"),
-            ("policy_id", "VARCHAR"),
-            ("reasons", "VARCHAR[]"),
-        ),
-    ),
-    "action.performed": (
-        "actions",
-        (
-            ("action_id", "VARCHAR"),
-            ("principal_id", "VARCHAR"),
-            ("delegation_id", "VARCHAR"),
-            ("credential_id", "VARCHAR"),
-            ("tool", "VARCHAR"),
-            ("operation", "VARCHAR"),
-            ("resource", "VARCHAR"),
-            ("outcome", "VARCHAR"),
-            ("parent_action_id", "VARCHAR"),
-            ("decision_id", "VARCHAR"),
-        ),
-    ),
+#: event type -> the projection table its events are appended to
+TABLE_OF: dict[str, str] = {
+    "principal.registered": "principals",
+    "principal.retired": "retirements",
+    "delegation.granted": "delegations",
+    "delegation.revoked": "revocations",
+    "credential.issued": "credentials",
+    "credential.revoked": "credential_revocations",
+    "policy.decided": "decisions",
+    "action.performed": "actions",
 }
+
+
+def sql_type(avro_type: Any) -> str:
+    """The column type of one Avro field type; a type with no column mapping is an error.
+
+    string and enum -> VARCHAR, array of those -> VARCHAR[], timestamp-micros long ->
+    TIMESTAMPTZ, boolean -> BOOLEAN; `["null", T]` is T (every data column is nullable).
+    """
+    if isinstance(avro_type, list):
+        branches = [t for t in avro_type if t != "null"]
+        if len(avro_type) == 2 and len(branches) == 1:
+            return sql_type(branches[0])
+    elif avro_type == "string":
+        return "VARCHAR"
+    elif avro_type == "boolean":
+        return "BOOLEAN"
+    elif isinstance(avro_type, dict):
+        kind = avro_type.get("type")
+        if kind == "enum":
+            return "VARCHAR"
+        if kind == "long" and avro_type.get("logicalType") == "timestamp-micros":
+            return "TIMESTAMPTZ"
+        if kind == "array" and sql_type(avro_type["items"]) == "VARCHAR":
+            return "VARCHAR[]"
+    raise TypeError(f"no projection column type for the Avro type {avro_type!r}")
+
+
+def data_records(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Full record name -> record, for every branch of `AuditEvent.data`."""
+    data = next(f for f in schema["fields"] if f["name"] == "data")
+    namespace = schema.get("namespace", "")
+    return {full_name(record, namespace): record for record in data["type"]}
+
+
+def derive_tables(schema: dict[str, Any]) -> dict[str, tuple[str, tuple[tuple[str, str], ...]]]:
+    """`TABLES` of an `AuditEvent` schema: one column per field of each data record, in order."""
+    records = data_records(schema)
+    return {
+        etype: (
+            TABLE_OF[etype],
+            tuple((f["name"], sql_type(f["type"])) for f in records[record]["fields"]),
+        )
+        for etype, (_, _, record) in EVENT_TYPES.items()
+    }
+
+
+#: event type -> (table, data columns with their SQL types), derived from the shipped Avro
+#: schema; every table also starts with seq, event_id and occurred_at of the entry the row came
+#: from.
+TABLES = derive_tables(current_schema())
 TABLE_NAMES = tuple(table for table, _ in TABLES.values())
 COMMON = (("seq", "BIGINT"), ("event_id", "VARCHAR"), ("occurred_at", "TIMESTAMPTZ"))
 

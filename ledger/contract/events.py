@@ -25,6 +25,48 @@ from pydantic import (
 
 from ledger.errors import ValidationError
 
+__all__ = [
+    "DATA_NON_EMPTY",
+    "ENVELOPE_NON_EMPTY",
+    "EPOCH",
+    "EVENT_ADAPTER",
+    "EVENT_TYPES",
+    "MAX_MICROS",
+    "MIN_MICROS",
+    "RECORD_TO_TYPE",
+    "TIMESTAMP_FIELDS",
+    "WINDOWS",
+    "ActionPerformed",
+    "ActionPerformedEvent",
+    "CredentialIssued",
+    "CredentialIssuedEvent",
+    "CredentialKind",
+    "CredentialRevoked",
+    "CredentialRevokedEvent",
+    "DelegationGranted",
+    "DelegationGrantedEvent",
+    "DelegationRevoked",
+    "DelegationRevokedEvent",
+    "Event",
+    "Id",
+    "PolicyDecided",
+    "PolicyDecidedEvent",
+    "PrincipalKind",
+    "PrincipalRegistered",
+    "PrincipalRegisteredEvent",
+    "PrincipalRetired",
+    "PrincipalRetiredEvent",
+    "Text",
+    "Timestamp",
+    "check_record",
+    "from_micros",
+    "parse_event",
+    "parse_event_json",
+    "to_json_dict",
+    "to_micros",
+    "to_record",
+]
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 

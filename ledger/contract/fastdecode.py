@@ -18,6 +18,8 @@ from ledger.contract import events
 from ledger.contract.codec import HEADER_LEN, Codec, full_name, strip_logical
 from ledger.contract.columns import TABLES, columns_to_arrow
 
+__all__ = ["BatchDecoder", "FastDecoder"]
+
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 
 

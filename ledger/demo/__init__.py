@@ -27,6 +27,8 @@ from ledger.stream.broker import EmbeddedBroker, create_topic
 from ledger.stream.consumer import consume
 from ledger.stream.emitter import Emitter
 
+__all__ = ["DEFAULT_DB", "PARTITIONS", "DemoReport", "Say", "render", "run"]
+
 DEFAULT_DB = "demo-ledger.duckdb"
 PARTITIONS = 3
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+__all__ = ["BASE", "COMPROMISED_AGENT", "DETECTED_AT", "INCIDENT_ACTION", "SUBAGENT", "events"]
+
 #: The seed article's publication day; the demo's clock starts here.
 BASE = datetime(2026, 3, 23, 9, 0, tzinfo=UTC)
 

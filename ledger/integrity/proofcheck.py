@@ -27,6 +27,22 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+__all__ = [
+    "CONSISTENCY_KEYS",
+    "INCLUSION_KEYS",
+    "SIG_PREFIX",
+    "ProofCheckError",
+    "Result",
+    "check_bundle",
+    "check_consistency",
+    "check_consistency_bundle",
+    "check_file",
+    "check_inclusion",
+    "open_checkpoint",
+    "parse_vkey",
+    "root_from_inclusion",
+]
+
 INCLUSION_KEYS = {"event_id", "seq", "payload_b64", "prev_hash", "leaf_hash", "tree_size",
                   "audit_path", "root_hash", "checkpoint", "public_key"}  # fmt: skip
 CONSISTENCY_KEYS = {"old_size", "new_size", "old_root", "new_root", "proof", "old_checkpoint",

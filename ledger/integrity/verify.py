@@ -24,6 +24,8 @@ from ledger.store.treestore import audit
 from ledger.tlog import chain
 from ledger.tlog.chain import HASH_LEN
 
+__all__ = ["BATCH_ROWS", "VerifyReport", "verify_store"]
+
 BATCH_ROWS = 32_768
 
 

@@ -3,7 +3,8 @@
 One indexed point lookup per hop (a recursive CTE scans the whole table once per level), one
 round trip for the action's decisions, credential, the actor's subagents and recent activity,
 and the small tables (principals, retirements, revocations) from the Ledger's in-memory
-snapshot. The violations are decided by the same functions `violations()` uses (`rules`).
+snapshot. The chain is followed to its root however deep (`authority.resolve_chain`), and the
+violations are decided by the same evaluator `violations()` uses (`authority`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ from typing import Any
 
 from ledger.errors import NotFoundError
 from ledger.query import rules, scans
+from ledger.query.authority import (
+    Chain,
+    Grant,
+    action_violations,
+    as_violations,
+    credential_findings,
+    grant_findings,
+    resolve_chain,
+)
+from ledger.query.facts import LedgerFacts
 from ledger.query.rules import Thresholds, Violation, iso, jsonable
 from ledger.query.snapshot import Snapshot
 
-_MAX_DEPTH = 64
+__all__ = ["Hop", "Trace", "principal_level", "side_facts", "trace"]
 
 _SIDE_SQL = """
 SELECT 'dec', decision_id, decision, policy_id, principal_id, occurred_at, NULL, event_id, NULL
@@ -27,7 +38,8 @@ UNION ALL
 SELECT 'dec', decision_id, decision, policy_id, principal_id, occurred_at, NULL, event_id, NULL
 FROM decisions WHERE decision_id = $did
 UNION ALL
-SELECT 'cred', credential_id, principal_id, NULL, NULL, occurred_at, expires_at, event_id, NULL
+SELECT 'cred', credential_id, principal_id, delegation_id, NULL, occurred_at, expires_at, event_id,
+    NULL
 FROM credentials WHERE credential_id = $cid
 UNION ALL
 SELECT 'sub', delegation_id, delegate_id, NULL, NULL, occurred_at, NULL, event_id, NULL
@@ -40,7 +52,6 @@ FROM actions WHERE principal_id = $actor AND occurred_at > $lo AND occurred_at <
 
 @dataclass(slots=True)
 class _Side:
-    revs: dict[str, list[tuple[datetime, bool]]] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     cred: dict[str, Any] | None = None
     cred_revoked: datetime | None = None
@@ -110,122 +121,156 @@ class Trace:
 
 
 def trace(snap: Snapshot, action_id: str, thresholds: Thresholds | None = None) -> Trace:
-    """The action, its delegation chain up to the root grant, who is accountable, and
-    every violation found on the action, on each hop, its credential and its actor.
+    """The action, its delegation chain up to the root grant (however deep), who is
+    accountable, and every violation found on the action, on each hop, its credential and
+    its actor: the same findings `violations()` reports for them (`authority` decides both).
 
     Raises `NotFoundError` when no action has that id."""
     th = thresholds or Thresholds()
     snap.point_lookups()
-    act = snap.one(
-        "SELECT * FROM actions WHERE action_id = ?",
-        [action_id],
-    )
+    act = snap.one("SELECT * FROM actions WHERE action_id = ?", [action_id])
     if act is None:
         raise NotFoundError(f"no action {action_id!r} in the ledger")
-    t, actor = act["occurred_at"], act["principal_id"]
-    rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    facts = LedgerFacts(snap)
     did = act["delegation_id"]
-    complete = True
-    while did is not None and did not in seen and len(rows) < _MAX_DEPTH:
-        seen.add(did)
-        row = snap.delegation(did)
-        if row is None:
-            complete = False
-            break
-        rows.append(row)
-        did = row["parent_delegation_id"]
-    if did is not None and complete:
-        complete = False  # a cycle or an absurd depth
-    side = side_facts(snap, act, rows, th)
-    revs, decisions, cred, people = side.revs, side.decisions, side.cred, side.people
-    cred_revoked = side.cred_revoked
-    effective = _effective_revocations(rows, revs)
-    actor_info = people.get(actor, {})
+    chain = resolve_chain(facts, did) if did is not None else None
+    hops = chain.hops if chain is not None else ()
+    side = side_facts(snap, act, hops, th)
+    found = action_violations(facts, _action_row(act, side), th, chain)
+    found += _hop_violations(facts, hops, side.people, th)
+    if side.cred is not None:
+        cred = side.cred
+        found += as_violations(
+            credential_findings(
+                facts, cred["credential_id"], cred["delegation_id"], cred["occurred_at"]
+            ),
+            cred["credential_id"],
+            cred["event_id"],
+            cred["occurred_at"],
+            cred["principal_id"],
+        )
+    found += principal_level(snap, th, act, side.cred, side.people, side.near)
+    violations = rules.dedupe(found)
+    return _assemble(act, chain, facts, side, violations)
 
-    first = rows[0] if rows else None
-    eff_at, eff_via = effective.get(first["delegation_id"], (None, None)) if first else (None, None)
-    denied = sorted(d["decision_id"] for d in decisions if d["decision"] == "deny")
-    facts = {
-        "action_id": action_id,
-        "event_id": act["event_id"],
-        "occurred_at": t,
-        "principal_id": actor,
-        "delegation_id": act["delegation_id"],
-        "credential_id": act["credential_id"],
-        "operation": act["operation"],
-        "resource": act["resource"],
+
+def _action_row(act: dict[str, Any], side: _Side) -> dict[str, Any]:
+    """The action facts row (`rules.ACTION_FACT_COLUMNS`) the full scan also builds."""
+    cred = side.cred
+    denied = sorted(d["decision_id"] for d in side.decisions if d["decision"] == "deny")
+    return {
+        **{k: act[k] for k in ("action_id", "event_id", "occurred_at", "principal_id")},
+        **{k: act[k] for k in ("delegation_id", "credential_id", "operation", "resource")},
         "outcome": act["outcome"],
-        "actor_kind": actor_info.get("kind"),
-        "has_delegation": first is not None,
-        "delegate_id": first and first["delegate_id"],
-        "scopes": first and first["scopes"],
-        "resources": first and first["resources"],
-        "not_before": first and first["not_before"],
-        "expires_at": first and first["expires_at"],
-        "revoked_at": eff_at,
-        "revoked_via": eff_via,
-        "retired_at": actor_info.get("retired_at"),
+        "retired_at": side.people.get(act["principal_id"], {}).get("retired_at"),
         "denied_by": denied[0] if denied else None,
         "has_credential": cred is not None,
         "holder": cred and cred["principal_id"],
         "cred_issued": cred and cred["occurred_at"],
         "cred_expires": cred and cred["expires_at"],
-        "cred_revoked": cred_revoked,
+        "cred_revoked": side.cred_revoked,
     }
-    found = rules.action_violations(facts)
-    for i, r in enumerate(rows):
-        par = rows[i + 1] if i + 1 < len(rows) else None
-        found += rules.delegation_violations(_delegation_facts(r, par, people))
-    found += principal_level(snap, th, act, cred, people, side.near)
-    violations = rules.dedupe(found)
 
-    chain = []
-    first_id = first["delegation_id"] if first else None
-    for r in rows:
-        hop_id = r["delegation_id"]
-        problems = {v.kind for v in violations if v.hop == hop_id}
-        if hop_id == first_id and any(v.kind == "REVOKED_DELEGATION" for v in violations):
-            problems.add("REVOKED_DELEGATION")
-        chain.append(
-            Hop(
-                delegation_id=hop_id,
-                parent_delegation_id=r["parent_delegation_id"],
-                delegator_id=r["delegator_id"],
-                delegate_id=r["delegate_id"],
-                scopes=list(r["scopes"]),
-                resources=list(r["resources"]),
-                purpose=r["purpose"],
-                not_before=r["not_before"],
-                expires_at=r["expires_at"],
-                may_redelegate=bool(r["may_redelegate"]),
-                granted_at=r["occurred_at"],
-                revoked_at=effective.get(hop_id, (None, None))[0],
-                problems=sorted(problems),
-            )
+
+def _hop_violations(
+    facts: LedgerFacts,
+    hops: Sequence[Grant],
+    people: dict[str, dict[str, Any]],
+    th: Thresholds,
+) -> list[Violation]:
+    """Each hop judged as a grant, exactly as the full scan judges it."""
+    out: list[Violation] = []
+    for hop in hops:
+        did = hop.delegation_id
+        found = grant_findings(facts, hop, resolve_chain(facts, did), th)
+        out += as_violations(found, did, hop.event_id, hop.granted_at, hop.delegator_id)
+        out += rules.grant_retirement_violations(
+            did,
+            hop.event_id,
+            hop.granted_at,
+            hop.delegator_id,
+            hop.delegate_id,
+            people.get(hop.delegator_id, {}).get("retired_at"),
+            people.get(hop.delegate_id, {}).get("retired_at"),
         )
-    subagents = [{"delegation_id": d, "delegate_id": p} for _, d, p in side.subagents]
+    return out
+
+
+def _hop_revocations(facts: LedgerFacts, hops: Sequence[Grant]) -> list[datetime | None]:
+    """Per hop: the earliest revocation that reaches it (its own, or a cascading one above)."""
+    out: list[datetime | None] = []
+    for i in range(len(hops)):
+        times = [
+            rev.at
+            for j in range(i, len(hops))
+            for rev in facts.revocations(hops[j].delegation_id)
+            if j == i or rev.cascade
+        ]
+        out.append(min(times) if times else None)
+    return out
+
+
+def _assemble(
+    act: dict[str, Any],
+    chain: Chain | None,
+    facts: LedgerFacts,
+    side: _Side,
+    violations: list[Violation],
+) -> Trace:
+    hops = chain.hops if chain is not None else ()
+    revoked = _hop_revocations(facts, hops)
+    first = hops[0].delegation_id if hops else None
+    revoked_first = any(v.kind == "REVOKED_DELEGATION" for v in violations)
+    rows = [
+        _hop(
+            hop,
+            facts.snap.delegation(hop.delegation_id) or {},
+            revoked[i],
+            {v.kind for v in violations if v.hop == hop.delegation_id}
+            | ({"REVOKED_DELEGATION"} if hop.delegation_id == first and revoked_first else set()),
+        )
+        for i, hop in enumerate(hops)
+    ]
+    root = chain.root if chain is not None else None
+    decisions = side.decisions
     policy = next((d for d in decisions if d["decision_id"] == act["decision_id"]), None)
     policy = policy or (decisions[0] if decisions else None)
-    root = chain[-1].delegator_id if chain else None
-    action = {k: v for k, v in act.items() if k != "seq"}
+    owner = side.people.get(act["principal_id"], {}).get("owner_id")
     return Trace(
-        action=action,
-        chain=chain,
-        root_principal=root,
+        action={k: v for k, v in act.items() if k != "seq"},
+        chain=rows,
+        root_principal=root.delegator_id if root else None,
         accountable={
-            "root_delegator": root,
-            "actor_owner": actor_info.get("owner_id"),
+            "root_delegator": root.delegator_id if root else None,
+            "actor_owner": owner,
             "policy_id": policy["policy_id"] if policy else None,
         },
         violations=violations,
-        subagents=subagents,
-        chain_complete=complete,
+        subagents=[{"delegation_id": d, "delegate_id": p} for _, d, p in side.subagents],
+        chain_complete=chain is None or chain.complete,
+    )
+
+
+def _hop(hop: Grant, row: dict[str, Any], revoked_at: datetime | None, problems: set[str]) -> Hop:
+    return Hop(
+        delegation_id=hop.delegation_id,
+        parent_delegation_id=hop.parent_id,
+        delegator_id=hop.delegator_id,
+        delegate_id=hop.delegate_id,
+        scopes=list(hop.scopes),
+        resources=list(hop.resources),
+        purpose=row.get("purpose"),
+        not_before=hop.not_before,
+        expires_at=hop.expires_at,
+        may_redelegate=hop.may_redelegate,
+        granted_at=hop.granted_at,
+        revoked_at=revoked_at,
+        problems=sorted(problems),
     )
 
 
 def side_facts(
-    snap: Snapshot, act: dict[str, Any], chain: Sequence[dict[str, Any]], th: Thresholds
+    snap: Snapshot, act: dict[str, Any], chain: Sequence[Grant], th: Thresholds
 ) -> _Side:
     """Everything trace needs besides the chain: the action's decisions and credential, the
     actor's subagents and how many actions it took within one burst window of this one (one
@@ -253,6 +298,7 @@ def side_facts(
                 {
                     "credential_id": id_,
                     "principal_id": s1,
+                    "delegation_id": s2,
                     "occurred_at": t1,
                     "expires_at": t2,
                     "event_id": ev,
@@ -263,10 +309,8 @@ def side_facts(
         elif src == "near":
             side.near = int(n)
     names = {act["principal_id"]}
-    for r in chain:
-        names.update((r["delegator_id"], r["delegate_id"]))
-        if r["delegation_id"] in small.revs:
-            side.revs[r["delegation_id"]] = small.revs[r["delegation_id"]]
+    for hop in chain:
+        names.update((hop.delegator_id, hop.delegate_id))
     if cred_rows:
         side.cred = min(cred_rows, key=lambda c: (c["occurred_at"], c["event_id"]))
         names.add(side.cred["principal_id"])
@@ -327,43 +371,3 @@ def principal_level(
             if b.occurred_at - w < t <= (b.ends_at or b.occurred_at)
         ]
     return out
-
-
-def _effective_revocations(
-    chain: Sequence[dict[str, Any]], revs: dict[str, list[tuple[datetime, bool]]]
-) -> dict[str, tuple[datetime | None, str | None]]:
-    """Per hop: (earliest revocation in force, the hop whose revocation it is)."""
-    out: dict[str, tuple[datetime | None, str | None]] = {}
-    for i, hop in enumerate(chain):
-        best: tuple[datetime, str] | None = None
-        for j in range(i, len(chain)):
-            hid = chain[j]["delegation_id"]
-            for at, cascade in revs.get(hid, []):
-                if (j == i or cascade) and (best is None or (at, hid) < best):
-                    best = (at, hid)
-        out[hop["delegation_id"]] = (best[0], best[1]) if best else (None, None)
-    return out
-
-
-def _delegation_facts(
-    row: dict[str, Any], parent: dict[str, Any] | None, people: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "delegation_id": row["delegation_id"],
-        "event_id": row["event_id"],
-        "occurred_at": row["occurred_at"],
-        "parent_delegation_id": row["parent_delegation_id"],
-        "delegator_id": row["delegator_id"],
-        "delegate_id": row["delegate_id"],
-        "scopes": row["scopes"],
-        "resources": row["resources"],
-        "expires_at": row["expires_at"],
-        "has_parent": parent is not None,
-        "par_scopes": parent and parent["scopes"],
-        "par_resources": parent and parent["resources"],
-        "par_expires": parent and parent["expires_at"],
-        "par_may_redelegate": parent and parent["may_redelegate"],
-        "par_delegate": parent and parent["delegate_id"],
-        "delegator_retired_at": people.get(row["delegator_id"], {}).get("retired_at"),
-        "delegate_retired_at": people.get(row["delegate_id"], {}).get("retired_at"),
-    }

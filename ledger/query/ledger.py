@@ -19,13 +19,16 @@ import duckdb
 
 from ledger._text import first_line
 from ledger.errors import ConfigError, StoreError, ValidationError
-from ledger.query import blast, custody, rules, scans
+from ledger.query import blast, custody, inforce, rules, scans
 from ledger.query.blast import BlastRadius
 from ledger.query.custody import Trace
+from ledger.query.inforce import Authority
 from ledger.query.rules import Thresholds, Violation, as_utc, jsonable
 from ledger.query.snapshot import Snapshot
 from ledger.store import Store
 from ledger.store.projections import projected_size
+
+__all__ = ["InventoryItem", "Ledger", "SqlResult"]
 
 _ALLOWED_SQL = {"SELECT", "EXPLAIN"}
 
@@ -138,6 +141,28 @@ class Ledger:
         """Everything reachable downstream of one subject, multi-hop (see `blast`)."""
         return blast.blast_radius(self.snapshot, principal, delegation, credential, since, until)
 
+    # -- authority at a point in time ------------------------------------------------------
+
+    def authority(
+        self,
+        principal: str,
+        at: datetime | None = None,
+        operation: str | None = None,
+        resource: str | None = None,
+    ) -> Authority:
+        """Every delegation of `principal` in force at `at` (default now), each with its path
+        to the root and the scopes and patterns that survive every hop; with `operation` and
+        `resource`, whether the rules allowed that action then (see `inforce`).
+
+        Raises `ConfigError` when only one of `operation` and `resource` is given."""
+        if (operation is None) != (resource is None):
+            raise ConfigError("give both an operation and a resource, or neither")
+        self.snapshot.point_lookups()
+        when = as_utc(at) or datetime.now(UTC)
+        return inforce.authority_at(
+            self.snapshot, principal, when, operation, resource, self.thresholds
+        )
+
     # -- violations, inventory, sql -------------------------------------------------------------
 
     def violations(
@@ -149,8 +174,13 @@ class Ledger:
         credential_max_lifetime: timedelta | None = None,
         burst_actions: int | None = None,
         burst_window: timedelta | None = None,
+        max_chain_depth: int | None = None,
+        root_authorities: Iterable[str] | None = None,
     ) -> list[Violation]:
-        """Every violation (of `kinds`, default all) whose event time is in [since, until]."""
+        """Every violation (of `kinds`, default all) whose event time is in [since, until].
+
+        The keyword options override this ledger's `thresholds` for this call. Raises
+        `ConfigError` for an unknown kind."""
         self.snapshot.full_scans()
         wanted = list(kinds) if kinds is not None else None
         unknown = sorted(set(wanted or ()) - set(rules.KINDS))
@@ -164,8 +194,10 @@ class Ledger:
             credential_max_lifetime or th.credential_max_lifetime,
             burst_actions if burst_actions is not None else th.burst_actions,
             burst_window or th.burst_window,
+            max_chain_depth if max_chain_depth is not None else th.max_chain_depth,
+            frozenset(root_authorities) if root_authorities is not None else th.root_authorities,
         )
-        found = scans.evaluate(self.con, wanted, th)
+        found = scans.evaluate(self.snapshot, wanted, th)
         since, until = as_utc(since), as_utc(until)
         return [
             v

@@ -1,36 +1,55 @@
-"""The authority rules of DESIGN.md, evaluated at event time (`occurred_at`), never arrival order.
+"""The rule vocabulary: kinds, thresholds, findings, and the rules beside the delegation chain.
 
-Action- and delegation-level rules are decided by the Python functions `action_violations` and
-`delegation_violations` over one "facts" row each; the full scan (`ledger.scans`) gathers those
-rows with SQL joins (pre-filtered by the same predicates written in SQL), `trace` (`ledger.custody`)
-with point lookups, so both paths give the same answer.
+Every check is at event time (`occurred_at`), never arrival order. The delegation rules (chains,
+windows, revocations, scopes, resources, attenuation) are decided by `authority`, the one
+evaluator; this module holds what they share (`Violation`, `Thresholds`, scope matching) and
+the rules that need no chain: the actor's retirement, a denying decision, the credential used
+(`side_violations`), a retired delegator or delegate (`grant_retirement_violations`),
+LONG_LIVED_CREDENTIAL and UNOWNED_AGENT.
 
 Semantics chosen where the design is silent:
-- Resource patterns are fnmatch globs (DuckDB GLOB): `*` matches any run of characters
-  *including* `/` (so `crm/*` covers `crm/accounts/1`), `?` one character, `[..]`/`[!..]` sets.
-- A delegation's effective revocation time is the earliest of its own revocations and every
-  `cascade` revocation of an ancestor; `cascade=false` revokes only that delegation.
-- Unregistered actors are treated as non-human (NO_DELEGATION applies); an action citing a
-  delegation the ledger does not hold is NO_DELEGATION too, and one citing a credential the
-  ledger never issued (or issued after the action) is CREDENTIAL_MISUSE.
+- Scopes are `service:verb`, `service:*` (every verb of that service) or `*` (everything).
+- Resources and patterns follow `patterns` (canonical paths; `*` crosses `/`).
+- A principal's kind is its latest registration; unregistered actors are not human
+  (NO_DELEGATION applies to them); an action citing a credential the ledger never issued (or
+  issued after the action) is CREDENTIAL_MISUSE.
 - UNKNOWN_PRINCIPAL: one per principal id named as actor, delegator, delegate, credential holder,
   agent owner, decision principal or retiree that no `principal.registered` event ever names,
   reported at its earliest mention. `revoked_by`/`retired_by` are not checked.
-- SCOPE_ESCALATION also covers a child whose resource patterns are not each matched by one of
-  its parent's (the child pattern read as a literal string against the parent globs).
 - BURST: one violation per episode: the first action at which a principal has more than N actions
   in the half-open window (t - W, t]; a new episode starts W after the last over-limit action.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from fnmatch import fnmatchcase
 from typing import Any
 from uuid import UUID
+
+__all__ = [
+    "ACTION_FACT_COLUMNS",
+    "ACTION_KINDS",
+    "CHAIN_KINDS",
+    "CREDENTIAL_KINDS",
+    "DELEGATION_KINDS",
+    "KINDS",
+    "Thresholds",
+    "Violation",
+    "as_utc",
+    "dedupe",
+    "earliest",
+    "grant_retirement_violations",
+    "iso",
+    "jsonable",
+    "long_lived_violation",
+    "scope_covers",
+    "scope_covers_sql",
+    "side_violations",
+    "unowned_violation",
+]
 
 KINDS = (
     "NO_DELEGATION",
@@ -48,6 +67,22 @@ KINDS = (
     "UNOWNED_AGENT",
     "UNKNOWN_PRINCIPAL",
     "BURST",
+    "DELEGATION_CYCLE",
+    "UNKNOWN_DELEGATION",
+    "ROOT_NOT_HUMAN",
+    "CHAIN_TOO_DEEP",
+    "INVALID_PATTERN",
+)
+#: the kinds whose failure means the chain itself carries no authority
+CHAIN_KINDS = frozenset(
+    {
+        "DELEGATION_CYCLE",
+        "UNKNOWN_DELEGATION",
+        "ROOT_NOT_HUMAN",
+        "CHAIN_TOO_DEEP",
+        "EXPIRED_DELEGATION",
+        "REVOKED_DELEGATION",
+    }
 )
 ACTION_KINDS = frozenset(
     {
@@ -55,14 +90,25 @@ ACTION_KINDS = frozenset(
         "NOT_DELEGATE",
         "OUT_OF_SCOPE",
         "RESOURCE_OUT_OF_SCOPE",
-        "EXPIRED_DELEGATION",
-        "REVOKED_DELEGATION",
         "RETIRED_PRINCIPAL",
         "DENIED_BUT_EXECUTED",
         "CREDENTIAL_MISUSE",
+        *CHAIN_KINDS,
     }
 )
-DELEGATION_KINDS = frozenset({"SCOPE_ESCALATION", "REDELEGATION_NOT_ALLOWED", "RETIRED_PRINCIPAL"})
+DELEGATION_KINDS = frozenset(
+    {
+        "SCOPE_ESCALATION",
+        "REDELEGATION_NOT_ALLOWED",
+        "RETIRED_PRINCIPAL",
+        "INVALID_PATTERN",
+        "DELEGATION_CYCLE",
+        "UNKNOWN_DELEGATION",
+        "ROOT_NOT_HUMAN",
+        "CHAIN_TOO_DEEP",
+    }
+)
+CREDENTIAL_KINDS = frozenset({"LONG_LIVED_CREDENTIAL", "UNKNOWN_DELEGATION"})
 
 
 def iso(t: datetime | None) -> str | None:
@@ -105,11 +151,14 @@ def jsonable(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """The tunable limits of LONG_LIVED_CREDENTIAL and BURST."""
+    """The tunable limits of the rules: LONG_LIVED_CREDENTIAL, BURST, CHAIN_TOO_DEEP, and the
+    principals besides registered humans that may make root grants (ROOT_NOT_HUMAN)."""
 
     credential_max_lifetime: timedelta = timedelta(hours=24)
     burst_actions: int = 100
     burst_window: timedelta = timedelta(seconds=60)
+    max_chain_depth: int = 32
+    root_authorities: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,27 +204,12 @@ def scope_covers(scopes: Iterable[str], operation: str) -> bool:
     )
 
 
-def resource_covers(patterns: Iterable[str], resource: str) -> bool:
-    return any(fnmatchcase(resource, p) for p in patterns)
-
-
 def scope_covers_sql(scopes: str, op: str, var: str = "s") -> str:
+    """SQL for `scope_covers` (the same three cases, so the two agree exactly)."""
     return (
         f"(len(list_filter({scopes}, lambda {var}: {var} = '*' OR {var} = {op} OR "
         f"(ends_with({var}, ':*') AND starts_with({op}, left({var}, length({var}) - 1))))) > 0)"
     )
-
-
-def resource_covers_sql(patterns: str, resource: str, var: str = "pat") -> str:
-    return f"(len(list_filter({patterns}, lambda {var}: {resource} GLOB {var})) > 0)"
-
-
-def escalated_scopes(child: Sequence[str], parent: Sequence[str]) -> list[str]:
-    return [s for s in child if not scope_covers(parent, s)]
-
-
-def widened_resources(child: Sequence[str], parent: Sequence[str]) -> list[str]:
-    return [r for r in child if not resource_covers(parent, r)]
 
 
 # -- action-level rules -----------------------------------------------------------------------
@@ -191,15 +225,6 @@ ACTION_FACT_COLUMNS = (
     "operation",
     "resource",
     "outcome",
-    "actor_kind",
-    "has_delegation",
-    "delegate_id",
-    "scopes",
-    "resources",
-    "not_before",
-    "expires_at",
-    "revoked_at",
-    "revoked_via",
     "retired_at",
     "denied_by",
     "has_credential",
@@ -214,55 +239,15 @@ def _before_or_at(t: datetime | None, ref: datetime) -> bool:
     return t is not None and t <= ref
 
 
-def action_violations(f: Mapping[str, Any]) -> list[Violation]:
-    """Every action-level violation of one action, from its facts row."""
+def side_violations(f: Mapping[str, Any]) -> list[Violation]:
+    """The action-level rules beside the delegation chain: retirement of the actor, a denying
+    decision, the credential used. From one action facts row."""
     out: list[Violation] = []
     aid, actor, t = f["action_id"], f["principal_id"], f["occurred_at"]
-    did = f["delegation_id"]
 
-    def add(kind: str, detail: str, hop: str | None = None) -> None:
-        out.append(Violation(kind, aid, f["event_id"], t, actor, detail, hop))
+    def add(kind: str, detail: str) -> None:
+        out.append(Violation(kind, aid, f["event_id"], t, actor, detail))
 
-    if did is None:
-        if f["actor_kind"] != "human":
-            what = f["actor_kind"] or "unregistered principal"
-            add("NO_DELEGATION", f"{actor} ({what}) performed {f['operation']} with no delegation.")
-    elif not f["has_delegation"]:
-        add("NO_DELEGATION", f"{actor} cited delegation {did}, which the ledger does not hold.")
-    else:
-        if f["delegate_id"] != actor:
-            add(
-                "NOT_DELEGATE",
-                f"{actor} acted under {did}, which was granted to {f['delegate_id']}.",
-                did,
-            )
-        if not scope_covers(f["scopes"], f["operation"]):
-            add(
-                "OUT_OF_SCOPE",
-                f"{f['operation']} is not covered by {did}'s scopes {f['scopes']}.",
-                did,
-            )
-        if not resource_covers(f["resources"], f["resource"]):
-            add(
-                "RESOURCE_OUT_OF_SCOPE",
-                f"{f['resource']} matches none of {did}'s resources {f['resources']}.",
-                did,
-            )
-        if not f["not_before"] <= t < f["expires_at"]:
-            add(
-                "EXPIRED_DELEGATION",
-                f"acted at {iso(t)}, outside {did}'s window "
-                f"[{iso(f['not_before'])}, {iso(f['expires_at'])}).",
-                did,
-            )
-        if _before_or_at(f["revoked_at"], t):
-            via = f["revoked_via"]
-            how = "" if via == did else f" through its ancestor {via}"
-            add(
-                "REVOKED_DELEGATION",
-                f"acted under {did} after it was revoked{how} at {iso(f['revoked_at'])}.",
-                via,
-            )
     if _before_or_at(f["retired_at"], t):
         add("RETIRED_PRINCIPAL", f"{actor} acted after being retired at {iso(f['retired_at'])}.")
     if f["outcome"] == "succeeded" and f["denied_by"] is not None:
@@ -289,63 +274,41 @@ def action_violations(f: Mapping[str, Any]) -> list[Violation]:
 
 # -- delegation-level rules -------------------------------------------------------------------
 
-DELEGATION_FACT_COLUMNS = (
-    "delegation_id",
-    "event_id",
-    "occurred_at",
-    "parent_delegation_id",
-    "delegator_id",
-    "delegate_id",
-    "scopes",
-    "resources",
-    "expires_at",
-    "has_parent",
-    "par_scopes",
-    "par_resources",
-    "par_expires",
-    "par_may_redelegate",
-    "par_delegate",
-    "delegator_retired_at",
-    "delegate_retired_at",
-)
 
-
-def delegation_violations(f: Mapping[str, Any]) -> list[Violation]:
-    """Every grant-level violation of one delegation, from its facts row."""
-    out: list[Violation] = []
-    did, t, who = f["delegation_id"], f["occurred_at"], f["delegator_id"]
-    parent = f["parent_delegation_id"]
-
-    def add(kind: str, detail: str, principal: str | None = who) -> None:
-        out.append(Violation(kind, did, f["event_id"], t, principal, detail, did))
-
-    if f["has_parent"]:
-        extra = escalated_scopes(f["scopes"], f["par_scopes"])
-        wider = widened_resources(f["resources"], f["par_resources"])
-        if extra:
-            add("SCOPE_ESCALATION", f"{did} grants scopes {extra} not held by parent {parent}.")
-        elif wider:
-            add("SCOPE_ESCALATION", f"{did} grants resources {wider} beyond parent {parent}.")
-        elif f["expires_at"] > f["par_expires"]:
-            add(
-                "SCOPE_ESCALATION",
-                f"{did} expires at {iso(f['expires_at'])}, after parent {parent} "
-                f"({iso(f['par_expires'])}).",
+def grant_retirement_violations(
+    delegation_id: str,
+    event_id: str,
+    at: datetime,
+    delegator_id: str,
+    delegate_id: str,
+    delegator_retired_at: datetime | None,
+    delegate_retired_at: datetime | None,
+) -> list[Violation]:
+    """RETIRED_PRINCIPAL for a grant: made by, or to, a principal already retired."""
+    out = []
+    if _before_or_at(delegator_retired_at, at):
+        out.append(
+            Violation(
+                "RETIRED_PRINCIPAL",
+                delegation_id,
+                event_id,
+                at,
+                delegator_id,
+                f"{delegator_id} granted {delegation_id} after being retired.",
+                delegation_id,
             )
-        if not f["par_may_redelegate"]:
-            add("REDELEGATION_NOT_ALLOWED", f"{did} re-delegates {parent}, which forbids it.")
-        elif f["par_delegate"] != who:
-            add(
-                "REDELEGATION_NOT_ALLOWED",
-                f"{who} re-delegated {parent}, which was granted to {f['par_delegate']}.",
+        )
+    if _before_or_at(delegate_retired_at, at):
+        out.append(
+            Violation(
+                "RETIRED_PRINCIPAL",
+                delegation_id,
+                event_id,
+                at,
+                delegate_id,
+                f"{delegation_id} delegates to {delegate_id}, already retired.",
+                delegation_id,
             )
-    if _before_or_at(f["delegator_retired_at"], t):
-        add("RETIRED_PRINCIPAL", f"{who} granted {did} after being retired.")
-    if _before_or_at(f["delegate_retired_at"], t):
-        add(
-            "RETIRED_PRINCIPAL",
-            f"{did} delegates to {f['delegate_id']}, already retired.",
-            f["delegate_id"],
         )
     return out
 

@@ -1,8 +1,11 @@
-"""`violations()`: every rule over the whole ledger in a handful of set-based DuckDB queries.
+"""`violations()`: every rule over the whole ledger, SQL narrowing, the evaluator deciding.
 
-Action and delegation facts rows are gathered with joins and pre-filtered in SQL by the same
-predicates `rules` applies in Python (which then decides, so trace and the full scan agree);
-principal- and credential-level kinds are plain SQL. Every check is on event time.
+The delegation rules are decided only by `authority` (the one evaluator `trace` uses too).
+SQL narrows millions of rows down to the ones that might fail: its predicates are a superset
+of the evaluator's findings (each "fine" in SQL implies "fine" in Python; the differential
+tests hold it), built on the per-delegation chain summaries of `chains`. Principal- and
+credential-level kinds (LONG_LIVED_CREDENTIAL, UNOWNED_AGENT, UNKNOWN_PRINCIPAL, BURST) are
+plain SQL. Every check is on event time.
 """
 
 from __future__ import annotations
@@ -13,45 +16,57 @@ from typing import Any
 
 import duckdb
 
+from ledger.query import chains, patterns
+from ledger.query.authority import (
+    action_violations,
+    as_violations,
+    credential_findings,
+    grant_findings,
+    resolve_chain,
+)
+from ledger.query.facts import LedgerFacts
 from ledger.query.rules import (
     ACTION_FACT_COLUMNS,
     ACTION_KINDS,
-    DELEGATION_FACT_COLUMNS,
+    CREDENTIAL_KINDS,
     DELEGATION_KINDS,
     KINDS,
     Thresholds,
     Violation,
-    action_violations,
     dedupe,
-    delegation_violations,
+    grant_retirement_violations,
     iso,
     long_lived_violation,
-    resource_covers_sql,
     scope_covers_sql,
     unowned_violation,
 )
+from ledger.query.snapshot import Snapshot, dict_rows
 
-# -- SQL ------------------------------------------------------------------------------------
+__all__ = [
+    "ACTION_FACTS_SQL",
+    "GRANT_FACTS_SQL",
+    "MENTIONS",
+    "bursts",
+    "evaluate",
+    "long_lived",
+    "rows",
+    "unknown",
+    "unowned",
+]
 
 _FIRST = "QUALIFY row_number() OVER (PARTITION BY {k} ORDER BY occurred_at, event_id) = 1"
+_CHAINS = "_ledger_chains"
 
-#: effective revocation time of every revoked delegation (own or cascaded from an ancestor)
-REVOKED_CTE = """
-down(delegation_id, revoked_at, via, cascade, depth) AS (
-    SELECT delegation_id, occurred_at, delegation_id, cascade, 0 FROM revocations {rev_filter}
-    UNION ALL
-    SELECT c.delegation_id, d.revoked_at, d.via, true, d.depth + 1
-    FROM down d JOIN delegations c ON c.parent_delegation_id = d.delegation_id
-    WHERE d.cascade AND d.depth < 64
-),
-eff AS (
-    SELECT delegation_id, min(revoked_at) AS revoked_at, arg_min(via, (revoked_at, via)) AS via
-    FROM down GROUP BY delegation_id
-)"""
+
+def _resource_ok_sql(patterns_expr: str, resource: str) -> str:
+    return (
+        f"({patterns.sql_resource_simple(resource)} AND len(list_filter({patterns_expr}, "
+        f"lambda pat: {patterns.sql_pattern_ok('pat', resource)})) > 0)"
+    )
+
 
 ACTION_FACTS_SQL = f"""
-WITH RECURSIVE {REVOKED_CTE.format(rev_filter="")},
-reg AS (SELECT principal_id, arg_max(kind, (occurred_at, event_id)) AS kind
+WITH reg AS (SELECT principal_id, arg_max(kind, (occurred_at, event_id)) AS kind
         FROM principals GROUP BY principal_id),
 ret AS (SELECT principal_id, min(occurred_at) AS retired_at FROM retirements GROUP BY 1),
 dl AS (SELECT * FROM delegations {_FIRST.format(k="delegation_id")}),
@@ -68,18 +83,18 @@ denied AS (SELECT action_id, min(decision_id) AS decision_id FROM denials GROUP 
 x AS (
     SELECT a.action_id, a.event_id, a.occurred_at, a.principal_id, a.delegation_id,
         a.credential_id, a.operation, a.resource, a.outcome, reg.kind AS actor_kind,
-        dl.delegation_id IS NOT NULL AS has_delegation, dl.delegate_id, dl.scopes,
-        dl.resources, dl.not_before, dl.expires_at, eff.revoked_at, eff.via AS revoked_via,
+        ch.delegation_id IS NOT NULL AS has_chain, ch.clean, ch.eff_nb, ch.eff_exp,
+        ch.held_from, ch.revoked_at, dl.delegate_id,
         ret.retired_at, denied.decision_id AS denied_by,
         cr.credential_id IS NOT NULL AS has_credential, cr.principal_id AS holder,
         cr.occurred_at AS cred_issued, cr.expires_at AS cred_expires,
         crev.revoked_at AS cred_revoked,
         {scope_covers_sql("dl.scopes", "a.operation")} AS scope_ok,
-        {resource_covers_sql("dl.resources", "a.resource")} AS resource_ok
+        {_resource_ok_sql("dl.resources", "a.resource")} AS resource_ok
     FROM actions a
     LEFT JOIN reg ON reg.principal_id = a.principal_id
+    LEFT JOIN {_CHAINS} ch ON ch.delegation_id = a.delegation_id
     LEFT JOIN dl ON dl.delegation_id = a.delegation_id
-    LEFT JOIN eff ON eff.delegation_id = a.delegation_id
     LEFT JOIN ret ON ret.principal_id = a.principal_id
     LEFT JOIN denied ON denied.action_id = a.action_id
     LEFT JOIN cr ON cr.credential_id = a.credential_id
@@ -87,9 +102,10 @@ x AS (
 )
 SELECT {", ".join(ACTION_FACT_COLUMNS)} FROM x
 WHERE (delegation_id IS NULL AND coalesce(actor_kind, '') <> 'human')
-   OR (delegation_id IS NOT NULL AND NOT has_delegation)
-   OR (has_delegation AND (delegate_id <> principal_id OR NOT scope_ok OR NOT resource_ok
-       OR occurred_at < not_before OR occurred_at >= expires_at OR revoked_at <= occurred_at))
+   OR (delegation_id IS NOT NULL AND (NOT has_chain OR NOT clean
+       OR occurred_at < held_from OR occurred_at < eff_nb OR occurred_at >= eff_exp
+       OR revoked_at <= occurred_at OR delegate_id <> principal_id
+       OR NOT scope_ok OR NOT resource_ok))
    OR retired_at <= occurred_at
    OR (outcome = 'succeeded' AND denied_by IS NOT NULL)
    OR (credential_id IS NOT NULL AND (NOT has_credential OR holder <> principal_id
@@ -97,35 +113,60 @@ WHERE (delegation_id IS NULL AND coalesce(actor_kind, '') <> 'human')
        OR cred_revoked <= occurred_at))
 """
 
-_CHILD_SCOPES_OK = (
-    f"(len(list_filter(g.scopes, lambda cs: NOT {scope_covers_sql('par.scopes', 'cs')})) = 0)"
-)
-_CHILD_RESOURCES_OK = (
-    f"(len(list_filter(g.resources, lambda cr: NOT "
-    f"{resource_covers_sql('par.resources', 'cr')})) = 0)"
+#: a child pattern `c` that SQL can see is covered: equal to a parent pattern, or starting with
+#: the literal prefix of a parent pattern `prefix*` (the evaluator decides every other case)
+_COVERED = (
+    "(len(list_filter(par.resources, lambda p: p = c OR ("
+    + patterns.sql_pattern_simple("p")
+    + " AND ends_with(p, '*') AND NOT regexp_matches(left(p, length(p) - 1), '[*?]')"
+    " AND starts_with(c, left(p, length(p) - 1))))) > 0)"
 )
 
-DELEGATION_FACTS_SQL = f"""
-WITH ret AS (SELECT principal_id, min(occurred_at) AS retired_at FROM retirements GROUP BY 1),
-par AS (SELECT * FROM delegations {_FIRST.format(k="delegation_id")}),
+GRANT_FACTS_SQL = f"""
+WITH reg AS (SELECT principal_id, arg_max(kind, (occurred_at, event_id)) AS kind
+        FROM principals GROUP BY principal_id),
+ret AS (SELECT principal_id, min(occurred_at) AS retired_at FROM retirements GROUP BY 1),
+g AS (SELECT * FROM delegations {_FIRST.format(k="delegation_id")}),
 x AS (
     SELECT g.delegation_id, g.event_id, g.occurred_at, g.parent_delegation_id, g.delegator_id,
-        g.delegate_id, g.scopes, g.resources, g.expires_at,
-        par.delegation_id IS NOT NULL AS has_parent, par.scopes AS par_scopes,
-        par.resources AS par_resources, par.expires_at AS par_expires,
+        g.delegate_id, g.not_before, g.expires_at, reg.kind AS delegator_kind,
+        par.delegation_id IS NOT NULL AS has_parent, par.occurred_at AS par_granted,
+        par.not_before AS par_nb, par.expires_at AS par_exp,
         par.may_redelegate AS par_may_redelegate, par.delegate_id AS par_delegate,
         r1.retired_at AS delegator_retired_at, r2.retired_at AS delegate_retired_at,
-        {_CHILD_SCOPES_OK} AND {_CHILD_RESOURCES_OK} AS narrower
-    FROM delegations g
-    LEFT JOIN par ON par.delegation_id = g.parent_delegation_id
+        len(list_filter(g.resources, lambda v: NOT {patterns.sql_pattern_simple("v")})) = 0
+            AS simple,
+        len(list_filter(g.scopes, lambda cs: NOT {scope_covers_sql("par.scopes", "cs")})) = 0
+            AS scopes_ok,
+        len(list_filter(g.resources, lambda c: NOT {_COVERED})) = 0 AS resources_ok
+    FROM g
+    LEFT JOIN g par ON par.delegation_id = g.parent_delegation_id
+    LEFT JOIN reg ON reg.principal_id = g.delegator_id
     LEFT JOIN ret r1 ON r1.principal_id = g.delegator_id
     LEFT JOIN ret r2 ON r2.principal_id = g.delegate_id
-    {{where}}
 )
-SELECT {", ".join(DELEGATION_FACT_COLUMNS)} FROM x
-WHERE (has_parent AND (NOT narrower OR expires_at > par_expires OR NOT par_may_redelegate
-       OR delegator_id <> par_delegate))
+SELECT delegation_id, event_id, occurred_at, delegator_id, delegate_id,
+    delegator_retired_at, delegate_retired_at FROM x
+WHERE NOT simple
+   OR (parent_delegation_id IS NULL AND coalesce(delegator_kind, '') <> 'human'
+       AND NOT list_contains($roots, delegator_id))
+   OR (parent_delegation_id IS NOT NULL AND (NOT has_parent OR par_granted > occurred_at
+       OR NOT scopes_ok OR NOT resources_ok OR not_before < par_nb OR expires_at > par_exp
+       OR NOT par_may_redelegate OR par_delegate <> delegator_id))
    OR delegator_retired_at <= occurred_at OR delegate_retired_at <= occurred_at
+"""
+
+FOREST_SQL = f"""
+SELECT delegation_id, parent_delegation_id, epoch_us(not_before), epoch_us(expires_at),
+    epoch_us(occurred_at) FROM delegations {_FIRST.format(k="delegation_id")}
+"""
+
+CREDENTIAL_FACTS_SQL = f"""
+WITH dl AS (SELECT delegation_id, occurred_at FROM delegations
+            {_FIRST.format(k="delegation_id")})
+SELECT c.credential_id, c.event_id, c.occurred_at, c.principal_id, c.delegation_id
+FROM credentials c LEFT JOIN dl ON dl.delegation_id = c.delegation_id
+WHERE c.delegation_id IS NOT NULL AND (dl.delegation_id IS NULL OR dl.occurred_at > c.occurred_at)
 """
 
 LONG_LIVED_SQL = """
@@ -200,24 +241,108 @@ FROM e GROUP BY principal_id, episode
 
 
 def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params) if params is not None else con.execute(sql)
-    cols = [d[0] for d in cur.description or ()]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    """Every row of `sql` as a dict keyed by column name."""
+    return dict_rows(con, sql, params)
 
 
-def scan_action_violations(con: duckdb.DuckDBPyConnection) -> list[Violation]:
-    return [v for row in rows(con, ACTION_FACTS_SQL) for v in action_violations(row)]
+def _roots_param(th: Thresholds) -> list[str]:
+    return ["\x00", *sorted(th.root_authorities)]  # never empty: DuckDB needs its type
 
 
-def scan_delegation_violations(
-    con: duckdb.DuckDBPyConnection, ids: Sequence[str] | None = None
+def grant_candidates(snap: Snapshot, th: Thresholds) -> list[dict[str, Any]]:
+    """Grants that might break a rule (a superset of the evaluator's findings)."""
+    return snap.rows(GRANT_FACTS_SQL, {"roots": _roots_param(th)})
+
+
+def chain_summaries(snap: Snapshot, candidates: set[str], th: Thresholds) -> dict[str, Any]:
+    """Every delegation's chain summary (see `chains`)."""
+    forest = snap.con.execute(FOREST_SQL).fetchall()
+    revs = {
+        did: [(int(at.timestamp() * 1_000_000), c) for at, c in lst]
+        for did, lst in snap.small().revs.items()
+    }
+    return chains.summarize(forest, revs, candidates, th.max_chain_depth)
+
+
+def evaluate(
+    snap: Snapshot, kinds: Iterable[str] | None = None, th: Thresholds | None = None
 ) -> list[Violation]:
-    if ids is None:
-        sql, params = DELEGATION_FACTS_SQL.format(where=""), None
-    else:
-        sql = DELEGATION_FACTS_SQL.format(where="WHERE g.delegation_id IN (SELECT unnest($ids))")
-        params = {"ids": list(ids)}
-    return [v for row in rows(con, sql, params) for v in delegation_violations(row)]
+    """Every violation of the requested kinds in the whole ledger, in event-time order."""
+    th = th or Thresholds()
+    want = set(KINDS if kinds is None else kinds)
+    con = snap.con
+    facts = LedgerFacts(snap)
+    found: list[Violation] = []
+    grants = grant_candidates(snap, th)
+    candidates = {g["delegation_id"] for g in grants}
+    summary = chain_summaries(snap, candidates, th)
+    structural = [d for d, s in summary.items() if not s.ok or s.depth > th.max_chain_depth]
+    if want & DELEGATION_KINDS:
+        ids = sorted(candidates | set(structural))
+        facts.prefetch(ids)
+        for did in ids:
+            grant = facts.grant(did)
+            if grant is None:
+                continue
+            chain = resolve_chain(facts, did)
+            found += as_violations(
+                grant_findings(facts, grant, chain, th),
+                did,
+                grant.event_id,
+                grant.granted_at,
+                grant.delegator_id,
+            )
+        found += [
+            v
+            for g in grants
+            for v in grant_retirement_violations(
+                g["delegation_id"],
+                g["event_id"],
+                g["occurred_at"],
+                g["delegator_id"],
+                g["delegate_id"],
+                g["delegator_retired_at"],
+                g["delegate_retired_at"],
+            )
+        ]
+    if want & ACTION_KINDS:
+        con.register(_CHAINS, chains.to_arrow(summary))
+        try:
+            acts = snap.rows(ACTION_FACTS_SQL)
+        finally:
+            con.unregister(_CHAINS)
+        facts.prefetch({a["delegation_id"] for a in acts if a["delegation_id"] is not None})
+        for act in acts:
+            found += action_violations(facts, act, th)
+    if want & CREDENTIAL_KINDS:
+        found += credential_violations(snap, facts)
+    if "LONG_LIVED_CREDENTIAL" in want:
+        found += long_lived(con, th)
+    if "UNOWNED_AGENT" in want:
+        found += unowned(con)
+    if "UNKNOWN_PRINCIPAL" in want:
+        found += unknown(con)
+    if "BURST" in want:
+        found += bursts(con, th)
+    return dedupe(v for v in found if v.kind in want)
+
+
+def credential_violations(
+    snap: Snapshot, facts: LedgerFacts, credential_id: str | None = None
+) -> list[Violation]:
+    """UNKNOWN_DELEGATION of credentials issued under a delegation the ledger did not hold."""
+    sql = CREDENTIAL_FACTS_SQL
+    params: dict[str, Any] | None = None
+    if credential_id is not None:
+        sql += " AND c.credential_id = $cid"
+        params = {"cid": credential_id}
+    out = []
+    for c in snap.rows(sql, params):
+        found = credential_findings(facts, c["credential_id"], c["delegation_id"], c["occurred_at"])
+        out += as_violations(
+            found, c["credential_id"], c["event_id"], c["occurred_at"], c["principal_id"]
+        )
+    return out
 
 
 def long_lived(
@@ -286,25 +411,3 @@ def bursts(
         )
         out.append(Violation("BURST", pid, event_id, start, pid, detail, None, end))
     return out
-
-
-def evaluate(
-    con: duckdb.DuckDBPyConnection, kinds: Iterable[str] | None = None, th: Thresholds | None = None
-) -> list[Violation]:
-    """Every violation of the requested kinds in the whole ledger, in event-time order."""
-    th = th or Thresholds()
-    want = set(KINDS if kinds is None else kinds)
-    found: list[Violation] = []
-    if want & ACTION_KINDS:
-        found += scan_action_violations(con)
-    if want & DELEGATION_KINDS:
-        found += scan_delegation_violations(con)
-    if "LONG_LIVED_CREDENTIAL" in want:
-        found += long_lived(con, th)
-    if "UNOWNED_AGENT" in want:
-        found += unowned(con)
-    if "UNKNOWN_PRINCIPAL" in want:
-        found += unknown(con)
-    if "BURST" in want:
-        found += bursts(con, th)
-    return dedupe(v for v in found if v.kind in want)

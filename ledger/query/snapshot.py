@@ -18,11 +18,10 @@ from typing import Any
 
 import duckdb
 
-from ledger.query import scans
 from ledger.store import Store
 from ledger.store.projections import projected_size
 
-__all__ = ["HOP_CACHE", "Graph", "SmallTables", "Snapshot"]
+__all__ = ["HOP_CACHE", "Graph", "SmallTables", "Snapshot", "dict_rows"]
 
 #: delegation rows remembered by a read-only snapshot (chains share their upper hops)
 HOP_CACHE = 50_000
@@ -84,23 +83,34 @@ class Graph:
     rows: dict[str, tuple[str | None, int, int, str, str]]
     children: dict[str, list[str]]
     granted_by: dict[str, list[str]]
+    #: delegate -> the delegations granted to it
+    granted_to: dict[str, list[str]]
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection, size: int) -> Graph:
         rows: dict[str, tuple[str | None, int, int, str, str]] = {}
         children: dict[str, list[str]] = {}
         granted_by: dict[str, list[str]] = {}
+        granted_to: dict[str, list[str]] = {}
         for did, parent, nb, exp, delegator, delegate in con.execute(
             "SELECT delegation_id, parent_delegation_id, epoch_us(not_before), "
             "epoch_us(expires_at), delegator_id, delegate_id FROM delegations "
             "ORDER BY occurred_at DESC, event_id DESC"
         ).fetchall():
             rows[did] = (parent, nb, exp, delegator, delegate)
-        for did, (parent, _, _, delegator, _) in rows.items():
+        for did, (parent, _, _, delegator, delegate) in rows.items():
             if parent is not None:
                 children.setdefault(parent, []).append(did)
             granted_by.setdefault(delegator, []).append(did)
-        return cls(size, rows, children, granted_by)
+            granted_to.setdefault(delegate, []).append(did)
+        return cls(size, rows, children, granted_by, granted_to)
+
+
+def dict_rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Every row of `sql` as a dict keyed by column name."""
+    cur = con.execute(sql, params) if params is not None else con.execute(sql)
+    cols = [d[0] for d in cur.description or ()]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 class Snapshot:
@@ -134,7 +144,7 @@ class Snapshot:
 
     def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Every row of `sql` as a dict keyed by column name."""
-        return scans.rows(self.con, sql, params)
+        return dict_rows(self.con, sql, params)
 
     def one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
         """The earliest (occurred_at, event_id) row, picked in Python: an ORDER BY ... LIMIT 1

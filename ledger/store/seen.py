@@ -15,6 +15,8 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["SeenIds"]
+
 _LOAD_BATCH = 1 << 16
 _MIN_MERGE = 1 << 18
 

@@ -27,6 +27,23 @@ from ledger.store._store import Appended
 from ledger.tlog import merkle
 from ledger.tlog.merkle import HASH_LEN, NodeId
 
+__all__ = [
+    "CHUNK_LEVEL",
+    "MIN_LEVEL",
+    "NODE_SCHEMA",
+    "SCHEMA_SQL",
+    "Audit",
+    "Head",
+    "MerkleExtension",
+    "audit",
+    "catch_up",
+    "consistency_proof",
+    "inclusion_proof",
+    "node_key",
+    "read_head",
+    "root_at",
+]
+
 MIN_LEVEL = 4
 CHUNK_LEVEL = 16
 _KEY_SHIFT = 56

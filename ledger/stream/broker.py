@@ -26,6 +26,18 @@ from typing import Any, TypeVar
 from ledger.errors import BrokerError
 from ledger.stream._proc import die_with_parent
 
+__all__ = [
+    "BIN_ENV",
+    "HOST",
+    "EmbeddedBroker",
+    "create_topic",
+    "free_port",
+    "metadata_brokers",
+    "port_in_use",
+    "resolve_broker_bin",
+    "run_coroutine",
+]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 

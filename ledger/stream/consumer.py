@@ -28,6 +28,17 @@ from ledger.stream._proc import tune_process
 from ledger.stream.fetch import Fetched, Prepared, assemble, split_batch
 from ledger.stream.workers import DecodeWorkers, default_workers
 
+__all__ = [
+    "MAX_RECORDS",
+    "PIPELINE_POLL_MS",
+    "POLL_MS",
+    "RETRY_MAX_S",
+    "Checkpointer",
+    "ConsumeStats",
+    "LedgerConsumer",
+    "consume",
+]
+
 log = logging.getLogger("ledger.consume")
 
 MAX_RECORDS = 10_000

@@ -16,6 +16,8 @@ from ledger.errors import LedgerError
 from ledger.stream.emitter import Emitter
 from ledger.stream.spool import Message
 
+__all__ = ["EmitSummary", "emit_lines", "validate_lines"]
+
 
 @dataclass(slots=True)
 class EmitSummary:

@@ -15,6 +15,8 @@ from ledger.contract.codec import Codec
 from ledger.contract.fastdecode import BatchDecoder, FastDecoder
 from ledger.store import Rejected
 
+__all__ = ["Fetched", "Prepared", "assemble", "prepare_batch", "split_batch"]
+
 
 @dataclass(slots=True)
 class Fetched:

@@ -14,6 +14,8 @@ from ledger.contract.codec import Codec, default_codec
 from ledger.errors import LedgerError
 from ledger.store import AppendResult, Incoming, Rejected, Store
 
+__all__ = ["BATCH", "IngestSummary", "fewer_collections", "ingest", "prepare", "read_lines"]
+
 BATCH = 10_000
 
 

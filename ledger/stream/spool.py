@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ledger.errors import ConfigError, SpoolFullError
 
+__all__ = ["Message", "Spool"]
+
 _FRAME = struct.Struct(">IIH")
 Message = tuple[bytes, bytes]
 

@@ -34,6 +34,8 @@ from ledger.contract.codec import Codec
 from ledger.contract.fastdecode import BatchDecoder
 from ledger.stream._proc import die_with_parent, tune_process
 
+__all__ = ["DecodeWorkers", "WorkerLost", "default_workers", "main"]
+
 log = logging.getLogger("ledger.consume")
 
 _FRAME = struct.Struct(">Q")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from hashlib import sha256
 
+__all__ = ["GENESIS", "HASH_LEN", "entry_hash", "extend"]
+
 GENESIS = bytes(32)
 HASH_LEN = 32
 

@@ -16,6 +16,32 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from hashlib import sha256
 
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_LEN",
+    "NodeId",
+    "Plan",
+    "ProofError",
+    "append_leaves",
+    "consistency_plan",
+    "consistency_proof",
+    "decompose",
+    "fold",
+    "inclusion_plan",
+    "inclusion_proof",
+    "leaf_hash",
+    "levels",
+    "node_getter",
+    "node_hash",
+    "plan_nodes",
+    "resolve",
+    "root",
+    "root_from_inclusion",
+    "root_plan",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
 HASH_LEN = 32
 EMPTY_ROOT = sha256(b"").digest()
 

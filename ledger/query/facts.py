@@ -1,0 +1,63 @@
+"""The authority evaluator's `Facts`, answered from a ledger `Snapshot`.
+
+Grants come from point lookups (the snapshot's LRU of delegation rows) or, for a bulk scan,
+from `prefetch`, which loads every grant a set of chains needs in one query per level of the
+forest; revocations and principal kinds come from the snapshot's in-memory small tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ledger.query.authority import Grant, Revocation
+from ledger.query.snapshot import Snapshot
+
+__all__ = ["LedgerFacts"]
+
+_FIRST_GRANTS_SQL = """
+SELECT * FROM delegations WHERE delegation_id IN (SELECT unnest($ids))
+QUALIFY row_number() OVER (PARTITION BY delegation_id ORDER BY occurred_at, event_id) = 1
+"""
+
+
+class LedgerFacts:
+    """`authority.Facts` over one snapshot; grants looked up once are kept for its lifetime."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self._grants: dict[str, Grant | None] = {}
+        self._revs: dict[str, tuple[Revocation, ...]] = {}
+
+    def grant(self, delegation_id: str) -> Grant | None:
+        """The first grant of `delegation_id`, or None."""
+        if delegation_id not in self._grants:
+            row = self.snap.delegation(delegation_id)
+            self._grants[delegation_id] = None if row is None else Grant.from_row(row)
+        return self._grants[delegation_id]
+
+    def revocations(self, delegation_id: str) -> Sequence[Revocation]:
+        """Every revocation of `delegation_id`."""
+        got = self._revs.get(delegation_id)
+        if got is None:
+            raw = self.snap.small().revs.get(delegation_id, ())
+            got = self._revs[delegation_id] = tuple(Revocation(at, c) for at, c in raw)
+        return got
+
+    def kind(self, principal_id: str) -> str | None:
+        """The latest registered kind of `principal_id`, None if never registered."""
+        reg = self.snap.small().regs.get(principal_id)
+        return reg[0] if reg else None
+
+    def prefetch(self, ids: Iterable[str]) -> None:
+        """Load the grants of `ids` and of all their ancestors, one query per level."""
+        todo = {i for i in ids if i not in self._grants}
+        while todo:
+            rows = self.snap.rows(_FIRST_GRANTS_SQL, {"ids": sorted(todo)})
+            found = {r["delegation_id"]: Grant.from_row(r) for r in rows}
+            for did in todo:
+                self._grants[did] = found.get(did)
+            todo = {
+                g.parent_id
+                for g in found.values()
+                if g.parent_id is not None and g.parent_id not in self._grants
+            }
