@@ -109,15 +109,32 @@ _PATTERNS = [
 ]
 
 
-def test_covers_is_sound_against_brute_force() -> None:
-    """Never "covered" when a resource exists that the child matches and the parent does not."""
+def _raw_match(pattern: str, s: str) -> bool:
+    """A second, naive matcher over raw strings (no canonical form): recursion on the pattern."""
+    if not pattern:
+        return not s
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        return any(_raw_match(rest, s[i:]) for i in range(len(s) + 1))
+    return bool(s) and (head in ("?", s[0])) and _raw_match(rest, s[1:])
+
+
+_ALL_STRINGS = ["".join(t) for n in range(7) for t in itertools.product(_ALPHABET, repeat=n)]
+
+
+def test_covers_is_sound_and_complete_against_brute_force() -> None:
+    """Never "covered" when a resource exists that the child matches and the parent does not;
+    and "covered" whenever no string (up to a length that holds a witness for patterns this
+    short) separates them."""
     matched = {p: {s for s in _STRINGS if matches(p, s)} for p in _PATTERNS}
+    raw = {p: {s for s in _ALL_STRINGS if _raw_match(p, s)} for p in _PATTERNS}
     claimed = 0
     for child, parent in itertools.product(_PATTERNS, repeat=2):
-        if covers(parent, child):
-            claimed += 1
-            escaped = matched[child] - matched[parent]
-            assert not escaped, (parent, child, sorted(escaped)[:3])
+        got = covers(parent, child)
+        escaped = matched[child] - matched[parent]
+        assert not (got and escaped), (parent, child, sorted(escaped)[:3])
+        assert got == (raw[child] <= raw[parent]), (parent, child)
+        claimed += got
     assert claimed > len(_PATTERNS)  # reflexive and more: the check is not vacuous
 
 
@@ -131,6 +148,9 @@ def test_covers_is_sound_against_brute_force() -> None:
         ("crm/a", "crm/?", False),
         ("crm/*", "crm/?", True),
         ("crm/?*", "crm/*?", True),  # the same language, written two ways
+        ("?*", "*a", True),  # `*a` has at least one character
+        ("a*b*", "a*b", True),
+        ("a*b", "a*b*", False),
         ("crm/accounts/*", "crm/accounts/../../hr/*", False),  # invalid child: never covered
         ("crm/[ab]", "crm/a", False),  # invalid parent covers nothing
     ],
@@ -143,6 +163,7 @@ def test_uncovered_lists_what_escapes() -> None:
     assert uncovered(["crm/accounts/*", "hr/*", "crm/[x]"], ["crm/*"]) == ["hr/*", "crm/[x]"]
 
 
+_CON = duckdb.connect()  # one in-memory database for every generated example
 _NASTY = [*"ab/.*?%_![]\\ ", "\u00e9", "e", "\u0301", "\x00"]
 
 
@@ -152,9 +173,8 @@ _NASTY = [*"ab/.*?%_![]\\ ", "\u00e9", "e", "\u0301", "\x00"]
     st.text(alphabet=[c for c in _NASTY if c not in "*?"], max_size=7),
 )
 def test_sql_prefilter_never_matches_where_python_does_not(pattern: str, resource: str) -> None:
-    con = duckdb.connect()
     sql = f"SELECT {sql_resource_simple('$r')} AND {sql_pattern_ok('$p', '$r')}"
-    got = con.execute(sql, {"p": pattern, "r": resource}).fetchone()
+    got = _CON.execute(sql, {"p": pattern, "r": resource}).fetchone()
     assert got is not None
     if got[0]:
         assert matches(pattern, resource), (pattern, resource)
@@ -166,7 +186,7 @@ def test_sql_prefilter_agrees_on_plain_paths() -> None:
     con = duckdb.connect()
     sql = f"SELECT {sql_resource_simple('$r')} AND {sql_pattern_ok('$p', '$r')}"
     agreed = 0
-    for _ in range(2000):
+    for _ in range(800):
         pattern = "/".join(
             "".join(rng.choice("ab*?_%") for _ in range(rng.randint(1, 3)))
             for _ in range(rng.randint(1, 3))
@@ -179,4 +199,4 @@ def test_sql_prefilter_agrees_on_plain_paths() -> None:
         assert got is not None
         assert bool(got[0]) == matches(pattern, resource), (pattern, resource)
         agreed += bool(got[0])
-    assert agreed > 50
+    assert agreed > 20
