@@ -9,7 +9,7 @@ violations are decided by the same evaluator `violations()` uses (`authority`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -128,30 +128,38 @@ def trace(snap: Snapshot, action_id: str, thresholds: Thresholds | None = None) 
     Raises `NotFoundError` when no action has that id."""
     th = thresholds or Thresholds()
     snap.point_lookups()
-    act = snap.one("SELECT * FROM actions WHERE action_id = ?", [action_id])
-    if act is None:
-        raise NotFoundError(f"no action {action_id!r} in the ledger")
+    act = _load_action(snap, action_id)
     facts = LedgerFacts(snap)
     did = act["delegation_id"]
     chain = resolve_chain(facts, did) if did is not None else None
-    hops = chain.hops if chain is not None else ()
-    side = side_facts(snap, act, hops, th)
-    found = action_violations(facts, _action_row(act, side), th, chain)
-    found += _hop_violations(facts, hops, side.people, th)
-    if side.cred is not None:
-        cred = side.cred
-        found += as_violations(
-            credential_findings(
-                facts, cred["credential_id"], cred["delegation_id"], cred["occurred_at"]
-            ),
-            cred["credential_id"],
-            cred["event_id"],
-            cred["occurred_at"],
-            cred["principal_id"],
-        )
-    found += principal_level(snap, th, act, side.cred, side.people, side.near)
-    violations = rules.dedupe(found)
+    side = side_facts(snap, act, chain.hops if chain is not None else (), th)
+    violations = _findings(snap, facts, th, act, chain, side)
     return _assemble(act, chain, facts, side, violations)
+
+
+def _load_action(snap: Snapshot, action_id: str) -> dict[str, Any]:
+    """The action's row (its earliest entry); `NotFoundError` when there is none."""
+    act = snap.one("SELECT * FROM actions WHERE action_id = ?", [action_id])
+    if act is None:
+        raise NotFoundError(f"no action {action_id!r} in the ledger")
+    return act
+
+
+def _findings(
+    snap: Snapshot,
+    facts: LedgerFacts,
+    th: Thresholds,
+    act: dict[str, Any],
+    chain: Chain | None,
+    side: _Side,
+) -> list[Violation]:
+    """Everything wrong with the action, each hop of its chain, its credential and its
+    actor, deduplicated and in `rules.dedupe` order."""
+    found = action_violations(facts, _action_row(act, side), th, chain)
+    found += _hop_violations(facts, chain.hops if chain is not None else (), side.people, th)
+    found += _credential_violations(facts, side.cred)
+    found += principal_level(snap, th, act, side.cred, side.people, side.near)
+    return rules.dedupe(found)
 
 
 def _action_row(act: dict[str, Any], side: _Side) -> dict[str, Any]:
@@ -196,6 +204,21 @@ def _hop_violations(
     return out
 
 
+def _credential_violations(facts: LedgerFacts, cred: dict[str, Any] | None) -> list[Violation]:
+    """The findings on the action's credential as issued (under its own delegation)."""
+    if cred is None:
+        return []
+    return as_violations(
+        credential_findings(
+            facts, cred["credential_id"], cred["delegation_id"], cred["occurred_at"]
+        ),
+        cred["credential_id"],
+        cred["event_id"],
+        cred["occurred_at"],
+        cred["principal_id"],
+    )
+
+
 def _hop_revocations(facts: LedgerFacts, hops: Sequence[Grant]) -> list[datetime | None]:
     """Per hop: the earliest revocation that reaches it (its own, or a cascading one above)."""
     out: list[datetime | None] = []
@@ -217,11 +240,27 @@ def _assemble(
     side: _Side,
     violations: list[Violation],
 ) -> Trace:
-    hops = chain.hops if chain is not None else ()
+    """The verdict: the chain as `Hop`s, who is accountable, the findings, the subagents."""
+    root = chain.root if chain is not None else None
+    root_id = root.delegator_id if root else None
+    return Trace(
+        action={k: v for k, v in act.items() if k != "seq"},
+        chain=_hops(chain.hops if chain is not None else (), facts, violations),
+        root_principal=root_id,
+        accountable=_accountable(act, root_id, side),
+        violations=violations,
+        subagents=[{"delegation_id": d, "delegate_id": p} for _, d, p in side.subagents],
+        chain_complete=chain is None or chain.complete,
+    )
+
+
+def _hops(hops: Sequence[Grant], facts: LedgerFacts, violations: list[Violation]) -> list[Hop]:
+    """Each grant of the chain with the revocation that reaches it and the kinds found on it;
+    the action's own delegation also shows a REVOKED_DELEGATION that came from above."""
     revoked = _hop_revocations(facts, hops)
     first = hops[0].delegation_id if hops else None
     revoked_first = any(v.kind == "REVOKED_DELEGATION" for v in violations)
-    rows = [
+    return [
         _hop(
             hop,
             facts.snap.delegation(hop.delegation_id) or {},
@@ -231,24 +270,6 @@ def _assemble(
         )
         for i, hop in enumerate(hops)
     ]
-    root = chain.root if chain is not None else None
-    decisions = side.decisions
-    policy = next((d for d in decisions if d["decision_id"] == act["decision_id"]), None)
-    policy = policy or (decisions[0] if decisions else None)
-    owner = side.people.get(act["principal_id"], {}).get("owner_id")
-    return Trace(
-        action={k: v for k, v in act.items() if k != "seq"},
-        chain=rows,
-        root_principal=root.delegator_id if root else None,
-        accountable={
-            "root_delegator": root.delegator_id if root else None,
-            "actor_owner": owner,
-            "policy_id": policy["policy_id"] if policy else None,
-        },
-        violations=violations,
-        subagents=[{"delegation_id": d, "delegate_id": p} for _, d, p in side.subagents],
-        chain_complete=chain is None or chain.complete,
-    )
 
 
 def _hop(hop: Grant, row: dict[str, Any], revoked_at: datetime | None, problems: set[str]) -> Hop:
@@ -269,12 +290,26 @@ def _hop(hop: Grant, row: dict[str, Any], revoked_at: datetime | None, problems:
     )
 
 
+def _accountable(act: dict[str, Any], root: str | None, side: _Side) -> dict[str, str | None]:
+    """Who answers for the action: the root delegator, the actor's owner, and the policy of
+    the action's own decision (else of the first decision found about it)."""
+    decisions = side.decisions
+    policy = next((d for d in decisions if d["decision_id"] == act["decision_id"]), None)
+    policy = policy or (decisions[0] if decisions else None)
+    return {
+        "root_delegator": root,
+        "actor_owner": side.people.get(act["principal_id"], {}).get("owner_id"),
+        "policy_id": policy["policy_id"] if policy else None,
+    }
+
+
 def side_facts(
     snap: Snapshot, act: dict[str, Any], chain: Sequence[Grant], th: Thresholds
 ) -> _Side:
     """Everything trace needs besides the chain: the action's decisions and credential, the
     actor's subagents and how many actions it took within one burst window of this one (one
-    round trip), plus revocations and principals from the in-memory small tables."""
+    round trip), plus the principals and the credential's revocation from the in-memory
+    small tables."""
     w = th.burst_window
     params = {
         "aid": act["action_id"],
@@ -286,8 +321,25 @@ def side_facts(
     }
     side = _Side()
     small = snap.small()
+    cred_rows = _sort_side_rows(side, snap.con.execute(_SIDE_SQL, params).fetchall())
+    names = {act["principal_id"]}
+    for hop in chain:
+        names.update((hop.delegator_id, hop.delegate_id))
+    if cred_rows:
+        side.cred = min(cred_rows, key=lambda c: (c["occurred_at"], c["event_id"]))
+        names.add(side.cred["principal_id"])
+        side.cred_revoked = small.cred_revoked.get(side.cred["credential_id"])
+    names.update(d["principal_id"] for d in side.decisions)
+    side.people = snap.people(names)
+    side.subagents.sort()
+    return side
+
+
+def _sort_side_rows(side: _Side, rows: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """File the rows of `_SIDE_SQL` into `side` (each decision once, subagents, the count
+    near the action); returns the credential rows for the caller to pick the earliest."""
     cred_rows: list[dict[str, Any]] = []
-    for src, id_, s1, s2, s3, t1, t2, ev, n in snap.con.execute(_SIDE_SQL, params).fetchall():
+    for src, id_, s1, s2, s3, t1, t2, ev, n in rows:
         if src == "dec":
             if all(d["decision_id"] != id_ for d in side.decisions):
                 side.decisions.append(
@@ -308,17 +360,7 @@ def side_facts(
             side.subagents.append((t1, id_, s1))
         elif src == "near":
             side.near = int(n)
-    names = {act["principal_id"]}
-    for hop in chain:
-        names.update((hop.delegator_id, hop.delegate_id))
-    if cred_rows:
-        side.cred = min(cred_rows, key=lambda c: (c["occurred_at"], c["event_id"]))
-        names.add(side.cred["principal_id"])
-        side.cred_revoked = small.cred_revoked.get(side.cred["credential_id"])
-    names.update(d["principal_id"] for d in side.decisions)
-    side.people = snap.people(names)
-    side.subagents.sort()
-    return side
+    return cred_rows
 
 
 def principal_level(
@@ -334,40 +376,56 @@ def principal_level(
     Each is pre-checked from facts already at hand (or one narrow count) and only then
     confirmed by the same SQL `violations()` runs, so trace reports identical objects.
     """
-    con = snap.con
-    t, actor = act["occurred_at"], act["principal_id"]
-    out: list[Violation] = []
-    if cred is not None:
-        v = rules.long_lived_violation(
-            cred["credential_id"],
-            cred["event_id"],
-            cred["occurred_at"],
-            cred["principal_id"],
-            cred["expires_at"],
-            th,
-        )
-        out += [v] if v is not None else []
-    small = snap.small()
-    reg = small.regs.get(actor)
-    if reg is not None and reg[0] == "agent":
-        owner = reg[1]
-        owner_retired = (
-            (small.retired[owner], small.retired_event[owner])
-            if owner is not None and owner in small.retired
-            else None
-        )
-        v = rules.unowned_violation(
-            actor, owner, reg[3], reg[2], owner_retired, small.retired.get(actor)
-        )
-        out += [v] if v is not None else []
+    out = _long_lived(cred, th)
+    out += _unowned(snap, act["principal_id"])
     missing = sorted(n for n, p in people.items() if p["registered"] is False)
     if missing:
-        out += scans.unknown(con, missing)
-    w = th.burst_window
-    if near > th.burst_actions:
-        out += [
-            b
-            for b in scans.bursts(con, th, actor)
-            if b.occurred_at - w < t <= (b.ends_at or b.occurred_at)
-        ]
+        out += scans.unknown(snap.con, missing)
+    out += _burst(snap, th, act, near)
     return out
+
+
+def _long_lived(cred: dict[str, Any] | None, th: Thresholds) -> list[Violation]:
+    """LONG_LIVED_CREDENTIAL of the action's credential, if it has one."""
+    if cred is None:
+        return []
+    v = rules.long_lived_violation(
+        cred["credential_id"],
+        cred["event_id"],
+        cred["occurred_at"],
+        cred["principal_id"],
+        cred["expires_at"],
+        th,
+    )
+    return [v] if v is not None else []
+
+
+def _unowned(snap: Snapshot, actor: str) -> list[Violation]:
+    """UNOWNED_AGENT of the actor, judged on its latest registration, if that is an agent's."""
+    small = snap.small()
+    reg = small.regs.get(actor)
+    if reg is None or reg[0] != "agent":
+        return []
+    owner = reg[1]
+    owner_retired = (
+        (small.retired[owner], small.retired_event[owner])
+        if owner is not None and owner in small.retired
+        else None
+    )
+    v = rules.unowned_violation(
+        actor, owner, reg[3], reg[2], owner_retired, small.retired.get(actor)
+    )
+    return [v] if v is not None else []
+
+
+def _burst(snap: Snapshot, th: Thresholds, act: dict[str, Any], near: int) -> list[Violation]:
+    """The actor's BURST episode that covers the action; scanned for only when more than the
+    limit of its actions lie within one window either side of it."""
+    if near <= th.burst_actions:
+        return []
+    t, w = act["occurred_at"], th.burst_window
+    return [
+        b
+        for b in scans.bursts(snap.con, th, act["principal_id"])
+        if b.occurred_at - w < t <= (b.ends_at or b.occurred_at)
+    ]
