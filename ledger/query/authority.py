@@ -384,6 +384,7 @@ def grant_findings(facts: Facts, grant: Grant, chain: Chain, th: Thresholds) -> 
                 did,
             )
         )
+    if parent is None:
         return out
     out += _escalation(grant, parent)
     if not parent.may_redelegate:
