@@ -26,7 +26,6 @@ from ledger.query.snapshot import Graph, Snapshot
 
 __all__ = ["BlastRadius", "blast_radius", "descendants", "principal_known"]
 
-_MAX_DEPTH = 64
 
 #: the column of `actions` and `credentials` naming a principal or credential subject
 _SUBJECT_COLUMN = {"principal": "principal_id", "credential": "credential_id"}
@@ -300,13 +299,14 @@ def descendants(snap: Snapshot, seeds: Sequence[str]) -> _Reached:
 
 
 def _ancestor_cascade(g: Graph, cascades: dict[str, datetime], did: str) -> datetime | None:
-    """Earliest cascading revocation of any strict ancestor of `did`."""
+    """Earliest cascading revocation of any strict ancestor of `did`, however deep (a loop
+    ends the walk; every ancestor on it was seen)."""
     if not cascades:
         return None
     best: datetime | None = None
     seen: set[str] = set()
     node = g.rows[did][0]
-    while node is not None and node not in seen and len(seen) < _MAX_DEPTH:
+    while node is not None and node not in seen:
         seen.add(node)
         best = earliest(best, cascades.get(node))
         node = g.rows[node][0] if node in g.rows else None

@@ -17,6 +17,8 @@ from ledger.stream.broker import EmbeddedBroker
 from tests import factories as f
 from tests.kafkautil import produce, wire
 
+pytestmark = pytest.mark.integration  # every test here consumes from the real broker
+
 
 def test_consumer_checkpoints_every_n_and_when_idle(
     broker: EmbeddedBroker, topic: str, tmp_path: Path, db_path: Path

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import time
 from collections import defaultdict
+from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +18,7 @@ from ledger.contract.codec import Codec
 from ledger.errors import SpoolFullError, ValidationError
 from ledger.stream.broker import EmbeddedBroker, free_port
 from ledger.stream.emitter import Emitter, SyncEmitter
+from ledger.stream.spool import Message, Spool
 from tests import factories as f
 from tests.kafkautil import read_all
 
@@ -162,21 +168,113 @@ def test_spool_survives_a_restart_and_is_resent_first(
     assert order[b"d-1"] == [f"a-1-{i}" for i in range(20)]
 
 
-def test_full_spool_raises_to_the_caller_instead_of_dropping(spool_path: Path) -> None:
-    closed = f"127.0.0.1:{free_port()}"
-    accepted = 0
-    em = SyncEmitter(closed, "t", spool_path=spool_path, spool_max_bytes=20_000).start()
-    with pytest.raises(SpoolFullError, match="full"):
-        for ev in _actions(1000, keys=2):
-            em.emit(ev)
-            accepted += 1
-    assert 0 < accepted < 1000
-    # Events accepted before the broker was known to be down may still be queued in memory;
-    # close() spools what fits and raises for the rest: every one is spooled or reported.
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` until it holds; fail (not hang) if it does not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not observed within {timeout:.0f}s: {what}")
+        time.sleep(0.005)
+
+
+def _encoded(events: list[dict[str, Any]], limit: int) -> tuple[list[Message], list[int], int]:
+    """What the emitter writes for `events`: the messages, their spool frame sizes (as
+    spool.py lays them out) and how many of them, oldest first, a spool of `limit` bytes holds."""
+    encoder = Emitter("127.0.0.1:9", "t")  # never started: it only encodes
+    encoded = [encoder.prepare(ev) for ev in events]
+    frame_bytes = [10 + len(key) + len(value) for key, value in encoded]
+    fits = sum(1 for total in accumulate(frame_bytes) if total <= limit)
+    assert 1 < fits < len(events)
+    return encoded, frame_bytes, fits
+
+
+def _on_disk(spool_path: Path, limit: int) -> list[Message]:
+    spool = Spool(spool_path, limit)
     try:
+        return spool.read(1_000_000)[0]
+    finally:
+        spool.close()
+
+
+def test_full_spool_raises_to_the_caller_instead_of_dropping(spool_path: Path) -> None:
+    # The broker being down is made certain before the emits that count: nothing listens on
+    # `closed`, and the first event reaching the spool shows the emitter has seen that (it marks
+    # Kafka down before it spills its queue). From then on every emit goes straight to the spool,
+    # so exactly the events that fit are accepted and the next one raises, whatever the timing.
+    closed = f"127.0.0.1:{free_port()}"
+    limit = 20_000
+    sent = _actions(1000, keys=2)
+    encoded, frame_bytes, fits = _encoded(sent, limit)
+
+    em = SyncEmitter(closed, "t", spool_path=spool_path, spool_max_bytes=limit, delivery_timeout=1)
+    em.start()
+    try:
+        em.emit(sent[0])
+        _wait_until(
+            lambda: em.counters["spooled"] == 1, "first event spooled after a failed connect"
+        )
+        accepted = 1
+        with pytest.raises(SpoolFullError, match="full"):
+            for ev in sent[1:]:
+                em.emit(ev)
+                accepted += 1
+        assert accepted == fits  # raised at the first event that did not fit, not before or after
+        with pytest.raises(SpoolFullError, match="full"):  # and it keeps refusing, not dropping
+            em.emit(sent[accepted])
+        counters = em.counters
+    finally:
+        em.close()  # nothing waits in memory, so close() has nothing to spool or report
+    assert counters == {
+        "sent": 0,
+        "spooled": accepted,
+        "resent": 0,
+        "failed": 0,
+        "queued": 0,
+        "spool_bytes": sum(frame_bytes[:accepted]),
+    }
+    # Every accepted event is on disk, in order, and none of the refused ones.
+    assert _on_disk(spool_path, limit) == encoded[:accepted]
+
+
+def test_events_queued_before_the_broker_is_seen_down_are_spooled_or_reported(
+    spool_path: Path,
+) -> None:
+    # The other order: events accepted into memory while the emitter still waits for the broker.
+    # A fake broker accepts the emitter's connection and answers nothing, so its first connect
+    # hangs until the test hangs up: every event is certainly queued when the failure is seen.
+    limit = 20_000
+    sent = _actions(1000, keys=2)
+    encoded, _frame_bytes, fits = _encoded(sent, limit)
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    em = SyncEmitter(
+        address, "t", spool_path=spool_path, spool_max_bytes=limit, delivery_timeout=60
+    )
+    em.start()
+    checked = False
+    try:
+        conn, _ = server.accept()
+        with conn:
+            for ev in sent:
+                em.emit(ev)
+            assert em.counters["queued"] == len(sent) and em.counters["spooled"] == 0
+        # Hung up: the connect fails and the queue spills, oldest first, as far as it fits, and
+        # keeps the rest (a spill that stops anywhere else times out here).
+        _wait_until(lambda: em.counters["spooled"] == fits, f"{fits} events spilled to the spool")
+        assert em.counters["queued"] == len(sent) - fits
+        with pytest.raises(SpoolFullError, match="full"):  # the next caller hears of it
+            em.emit(sent[0])
+        assert em.counters["queued"] == len(sent) - fits  # and nothing was dropped
+        checked = True
+    finally:
+        server.close()  # from here on a reconnect fails at once
+        if not checked:
+            with contextlib.suppress(Exception):
+                em.close()
+    # close() spools nothing more (the spool is full) and reports what it could not spool.
+    with pytest.raises(SpoolFullError, match="full") as raised:
         em.close()
-        unsent = 0
-    except SpoolFullError as exc:
-        unsent = exc.unsent
-    assert em.counters["spooled"] + unsent == accepted
-    assert em.counters["spooled"] > 0
+    assert raised.value.unsent == len(sent) - fits
+    assert em.counters["spooled"] + raised.value.unsent == len(sent)
+    assert _on_disk(spool_path, limit) == encoded[:fits]
