@@ -80,7 +80,7 @@ class _Worker:
         env = {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", _MODULE],
+            [sys.executable, "-P", "-m", _MODULE],  # -P: not the caller's cwd first on the path
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errors,

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,6 +65,24 @@ def test_a_worker_process_decodes_exactly_like_the_consumer(codec: Codec) -> Non
     for decoded, values in zip(got, batches, strict=True):
         assert _same(decoded, decode_values(values, local))
     assert got[0].rejected[0][0] == 5 and got[0].rejected[1] == (7, "empty message (no value)")
+
+
+def test_a_ledger_package_in_the_working_directory_is_not_the_one_the_worker_runs(
+    codec: Codec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m` puts the cwd first on the path; the worker must still run this package."""
+    decoy = tmp_path / "ledger"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the decoy package was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    values = _values(codec, 10)
+    workers = DecodeWorkers(codec, 1)
+    try:
+        (got,) = asyncio.run(_run(workers, [values]))
+        assert not workers.in_process and workers._worker is not None  # still on the worker
+    finally:
+        workers.close()
+    assert _same(got, decode_values(values, BatchDecoder(codec)))
 
 
 def test_the_worker_gets_the_consumers_extra_schemas() -> None:
