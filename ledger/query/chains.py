@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-__all__ = ["CHAIN_SCHEMA", "ChainRow", "summarize", "to_arrow"]
+__all__ = ["CHAIN_SCHEMA", "ChainRow", "mark_dirty", "summarize", "to_arrow"]
 
 _NEVER = 1 << 62  # "no revocation", in microseconds since the epoch
 
@@ -58,11 +58,11 @@ _BAD = _Info(False, 0, 0, 0, 0, _NEVER, _NEVER, True)
 def summarize(
     rows: Iterable[ChainRow],
     revocations: Mapping[str, Iterable[tuple[int, bool]]],
-    candidates: set[str],
     max_depth: int,
 ) -> dict[str, _Info]:
-    """Chain summaries of every delegation in `rows` (first grant of each id). `revocations`:
-    id -> (revoked at µs, cascade); `candidates`: grants the evaluator must look at."""
+    """Chain summaries of every delegation in `rows` (first grant of each id), parents before
+    children in the result's order. `revocations`: id -> (revoked at µs, cascade). Whether a
+    chain is clean is settled later by `mark_dirty`, once the grants' findings are known."""
     parent: dict[str, str | None] = {}
     own: dict[str, tuple[int, int, int]] = {}
     for did, par, nb, exp, granted in rows:
@@ -76,12 +76,10 @@ def summarize(
         on_path: set[str] = set()
         node: str | None = start
         base: _Info | None = None
-        while True:
+        while node is not None:
             if node in info:
                 base = info[node]
                 break
-            if node is None:
-                break  # path[-1] is a root grant
             if node in on_path or node not in parent:
                 base = _BAD  # a loop, or a parent the ledger does not hold
                 break
@@ -89,40 +87,51 @@ def summarize(
             path.append(node)
             node = parent[node]
         for did in reversed(path):
-            info[did] = _extend(did, base, own[did], revocations.get(did, ()), candidates)
-            base = info[did]
-            if base.depth > max_depth:
-                base.dirty = True
+            base = info[did] = _extend(base, own[did], revocations.get(did), max_depth)
     return info
 
 
 def _extend(
-    did: str,
     up: _Info | None,
     mine: tuple[int, int, int],
-    revs: Iterable[tuple[int, bool]],
-    candidates: set[str],
+    revs: Iterable[tuple[int, bool]] | None,
+    max_depth: int,
 ) -> _Info:
     nb, exp, granted = mine
     any_rev = cascade_rev = _NEVER
-    for at, cascade in revs:
-        any_rev = min(any_rev, at)
-        if cascade:
-            cascade_rev = min(cascade_rev, at)
+    if revs:
+        for at, cascade in revs:
+            any_rev = min(any_rev, at)
+            if cascade:
+                cascade_rev = min(cascade_rev, at)
     if up is None:
-        return _Info(True, 1, nb, exp, granted, cascade_rev, any_rev, did in candidates)
-    if not up.ok:
+        return _Info(True, 1, nb, exp, granted, cascade_rev, any_rev, max_depth < 1)
+    if up is _BAD:
         return _BAD
+    depth = up.depth + 1
     return _Info(
         True,
-        up.depth + 1,
-        max(nb, up.nb),
-        min(exp, up.exp),
-        max(granted, up.held),
-        min(cascade_rev, up.cascade),
-        min(any_rev, up.cascade),
-        up.dirty or did in candidates,
+        depth,
+        nb if nb > up.nb else up.nb,
+        exp if exp < up.exp else up.exp,
+        granted if granted > up.held else up.held,
+        cascade_rev if cascade_rev < up.cascade else up.cascade,
+        any_rev if any_rev < up.cascade else up.cascade,
+        up.dirty or depth > max_depth,
     )
+
+
+def mark_dirty(info: Mapping[str, _Info], parents: Mapping[str, str | None], bad: set[str]) -> None:
+    """Make dirty every delegation in `bad` (a grant with a finding that can widen or void
+    authority) and everything below it; `info` must be in parents-before-children order."""
+    if not bad:
+        return
+    for did, summary in info.items():
+        if summary is _BAD or summary.dirty:
+            continue
+        par = parents.get(did)
+        if did in bad or (par is not None and info[par].dirty):
+            summary.dirty = True
 
 
 def to_arrow(info: Mapping[str, _Info]) -> pa.Table:

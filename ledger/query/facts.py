@@ -14,9 +14,8 @@ from ledger.query.snapshot import Snapshot
 
 __all__ = ["LedgerFacts"]
 
-_FIRST_GRANTS_SQL = """
-SELECT * FROM delegations WHERE delegation_id IN (SELECT unnest($ids))
-QUALIFY row_number() OVER (PARTITION BY delegation_id ORDER BY occurred_at, event_id) = 1
+_GRANTS_SQL = """
+SELECT d.* FROM delegations d SEMI JOIN (SELECT unnest($ids) AS id) i ON d.delegation_id = i.id
 """
 
 
@@ -52,8 +51,9 @@ class LedgerFacts:
         """Load the grants of `ids` and of all their ancestors, one query per level."""
         todo = {i for i in ids if i not in self._grants}
         while todo:
-            rows = self.snap.rows(_FIRST_GRANTS_SQL, {"ids": sorted(todo)})
-            found = {r["delegation_id"]: Grant.from_row(r) for r in rows}
+            rows = self.snap.rows(_GRANTS_SQL, {"ids": sorted(todo)})
+            rows.sort(key=lambda r: (r["occurred_at"], r["event_id"]), reverse=True)
+            found = {r["delegation_id"]: Grant.from_row(r) for r in rows}  # the first wins
             for did in todo:
                 self._grants[did] = found.get(did)
             todo = {

@@ -43,8 +43,10 @@ __all__ = [
     "matches",
     "matches_any",
     "pattern_problem",
+    "sql_like",
     "sql_pattern_ok",
     "sql_pattern_simple",
+    "sql_patterns_simple",
     "sql_resource_simple",
     "uncovered",
 ]
@@ -112,8 +114,11 @@ def matches(pattern: str, resource: str) -> bool:
 
 
 def matches_any(patterns: Iterable[str], resource: str) -> bool:
-    """Does any valid pattern of `patterns` match `resource`?"""
-    return any(matches(p, resource) for p in patterns)
+    """Does any valid pattern of `patterns` match `resource` (canonicalized once here)?"""
+    canonical = canonical_resource(resource)
+    return canonical is not None and any(
+        pattern_problem(p) is None and _regex(p).fullmatch(canonical) is not None for p in patterns
+    )
 
 
 #: product states explored before `covers` gives up and says "not covered" (fail closed)
@@ -205,6 +210,27 @@ def sql_pattern_simple(pattern: str) -> str:
     """SQL: the pattern expression `pattern` is a valid, ASCII, canonical pattern (a subset of
     the valid ones: Python decides the rest)."""
     return f"({sql_resource_simple(pattern)} AND NOT regexp_matches({pattern}, '[\\[\\]\\\\]'))"
+
+
+def sql_patterns_simple(patterns: str) -> str:
+    """SQL: every pattern of the list expression `patterns` passes `sql_pattern_simple`, by one
+    regular expression over the list joined with a newline (no simple pattern holds one)."""
+    seg = r"[\x21-\x2e\x30-\x5a\x5e-\x7e]+"
+    one = f"{seg}(/{seg})*"
+    joined = f"array_to_string({patterns}, chr(10))"
+    return (
+        f"(len({patterns}) = 0 OR (regexp_full_match({joined}, '{one}(\\n{one})*') "
+        f"AND len(string_split({joined}, chr(10))) = len({patterns}) "
+        f"AND NOT regexp_matches({joined}, '(^|/|\\n)\\.\\.?(/|\\n|$)')))"
+    )
+
+
+def sql_like(pattern: str) -> str:
+    """SQL: the LIKE form (escape `!`) of the pattern expression `pattern`."""
+    like = (
+        f"replace(replace(replace(replace({pattern}, '!', '!!'), '%', '!%'), '_', '!_'), '*', '%')"
+    )
+    return f"replace({like}, '?', '_')"
 
 
 def sql_pattern_ok(pattern: str, resource: str) -> str:
