@@ -8,11 +8,16 @@ forest; revocations and principal kinds come from the snapshot's in-memory small
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from ledger.contract.events import from_micros
 from ledger.query.authority import Grant, Revocation
 from ledger.query.snapshot import Snapshot
 
 __all__ = ["LedgerFacts"]
+
+#: up to this many ids go by the ART index, one point lookup each; more by one scan
+_INDEXED = 400
 
 _GRANTS_SQL = """
 SELECT d.* FROM delegations d SEMI JOIN (SELECT unnest($ids) AS id) i ON d.delegation_id = i.id
@@ -47,15 +52,69 @@ class LedgerFacts:
         reg = self.snap.small().regs.get(principal_id)
         return reg[0] if reg else None
 
+    def load_from_forest(self, ids: Iterable[str]) -> None:
+        """Take the grants of `ids` from the snapshot's in-memory forest (no query)."""
+        forest = self.snap.graph()
+        for did in ids:
+            if did in self._grants:
+                continue
+            row, more = forest.rows.get(did), forest.detail.get(did)
+            if row is None or more is None:
+                self._grants[did] = None
+                continue
+            parent, nb, exp, delegator, delegate = row
+            scopes, resources, may, event_id, at = more
+            self._grants[did] = Grant(
+                did,
+                parent,
+                delegator,
+                delegate,
+                tuple(scopes),
+                tuple(resources),
+                from_micros(nb),
+                from_micros(exp),
+                bool(may),
+                event_id,
+                from_micros(at),
+            )
+
+    def load(self, ids: Iterable[str]) -> None:
+        """Load the grants of exactly `ids` (callers that know the ancestors already, from an
+        in-memory forest): a few ids go by the index (one IN list), many by one scan."""
+        todo = []
+        for did in {i for i in ids if i not in self._grants}:
+            row = self.snap.cached_delegation(did)
+            if row is None:
+                todo.append(did)
+            else:
+                self._grants[did] = Grant.from_row(row)
+        todo.sort()
+        if not todo:
+            return
+        if len(todo) <= _INDEXED:
+            marks = ", ".join("?" * len(todo))
+            rows = self.snap.rows(
+                f"SELECT * FROM delegations WHERE delegation_id IN ({marks})", todo
+            )
+        else:
+            rows = self.snap.rows(_GRANTS_SQL, {"ids": todo})
+        self._keep(todo, rows)
+
+    def _keep(self, asked: Iterable[str], rows: list[dict[str, Any]]) -> dict[str, Grant]:
+        rows.sort(key=lambda r: (r["occurred_at"], r["event_id"]), reverse=True)
+        first = {r["delegation_id"]: r for r in rows}  # the first grant wins
+        if len(first) <= _INDEXED:
+            self.snap.remember(list(first.values()))
+        found = {did: Grant.from_row(r) for did, r in first.items()}
+        for did in asked:
+            self._grants[did] = found.get(did)
+        return found
+
     def prefetch(self, ids: Iterable[str]) -> None:
         """Load the grants of `ids` and of all their ancestors, one query per level."""
         todo = {i for i in ids if i not in self._grants}
         while todo:
-            rows = self.snap.rows(_GRANTS_SQL, {"ids": sorted(todo)})
-            rows.sort(key=lambda r: (r["occurred_at"], r["event_id"]), reverse=True)
-            found = {r["delegation_id"]: Grant.from_row(r) for r in rows}  # the first wins
-            for did in todo:
-                self._grants[did] = found.get(did)
+            found = self._keep(todo, self.snap.rows(_GRANTS_SQL, {"ids": sorted(todo)}))
             todo = {
                 g.parent_id
                 for g in found.values()

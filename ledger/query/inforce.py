@@ -6,12 +6,14 @@ that survive every hop; given an operation and a resource it says allowed or not
 reasons per delegation. It asks the same evaluator as `violations` and `trace`
 (`authority.action_findings`), so "allowed here" means "no delegation finding there".
 
-Cost: the delegations granted to the principal come from the snapshot's in-memory forest
-(loaded once); each chain is one cached lookup per hop.
+Cost: the delegations granted to the principal, and their chains, come from the snapshot's
+in-memory forest (loaded once per snapshot: about a second per million delegations), so an
+answer costs no query; evaluating it is microseconds per hop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -112,6 +114,21 @@ def _path(chain: Chain) -> list[dict[str, Any]]:
     ]
 
 
+def _with_ancestors(
+    rows: dict[str, tuple[str | None, int, int, str, str]], ids: Iterable[str]
+) -> set[str]:
+    """`ids` and every ancestor the in-memory forest knows (loops and missing parents end a
+    walk; the evaluator reports them)."""
+    out: set[str] = set()
+    for did in ids:
+        node: str | None = did
+        while node is not None and node not in out:
+            out.add(node)
+            row = rows.get(node)
+            node = row[0] if row is not None else None
+    return out
+
+
 def authority_at(
     snap: Snapshot,
     principal_id: str,
@@ -126,7 +143,10 @@ def authority_at(
     facts = LedgerFacts(snap)
     asked = operation is not None and resource is not None
     out: list[Standing] = []
-    for did in sorted(snap.graph().granted_to.get(principal_id, ())):
+    forest = snap.graph()
+    mine = sorted(forest.granted_to.get(principal_id, ()))
+    facts.load_from_forest(_with_ancestors(forest.rows, mine))
+    for did in mine:
         grant = facts.grant(did)
         if grant is None or grant.granted_at > at:
             continue  # not granted yet at `at`

@@ -276,11 +276,11 @@ def _forest(snap: Snapshot, th: Thresholds) -> tuple[dict[str, Any], dict[str, s
 
 
 def _grant_violations(
-    facts: LedgerFacts, ids: Sequence[str], th: Thresholds
+    facts: LedgerFacts, ids: Sequence[str], parents: dict[str, str | None], th: Thresholds
 ) -> tuple[list[Violation], set[str]]:
     """The evaluator's findings on each grant of `ids`, and the grants whose findings can
     widen or void what their chain allows."""
-    facts.prefetch(ids)
+    facts.load(_with_ancestors(parents, ids))
     out: list[Violation] = []
     widening: set[str] = set()
     for did in ids:
@@ -310,8 +310,23 @@ def _retirements(grants: Iterable[dict[str, Any]]) -> list[Violation]:
     ]
 
 
+def _with_ancestors(parents: dict[str, str | None], ids: Iterable[str | None]) -> set[str]:
+    """`ids` and their ancestors, from the forest's parent map (loops end a walk)."""
+    out: set[str] = set()
+    for did in ids:
+        node = did
+        while node is not None and node not in out:
+            out.add(node)
+            node = parents.get(node)
+    return out
+
+
 def _action_violations(
-    snap: Snapshot, facts: LedgerFacts, summary: dict[str, Any], th: Thresholds
+    snap: Snapshot,
+    facts: LedgerFacts,
+    summary: dict[str, Any],
+    parents: dict[str, str | None],
+    th: Thresholds,
 ) -> list[Violation]:
     """Actions SQL cannot clear, judged by the evaluator; where SQL found the chain fine (its
     own hop decides, see `chains`), only the rules beside the chain are left to check."""
@@ -321,7 +336,7 @@ def _action_violations(
         acts = snap.rows(ACTION_FACTS_SQL)
     finally:
         con.unregister(_CHAINS)
-    facts.prefetch({a["delegation_id"] for a in acts if not a["chain_ok"]})
+    facts.load(_with_ancestors(parents, {a["delegation_id"] for a in acts if not a["chain_ok"]}))
     out: list[Violation] = []
     for act in acts:
         if act["chain_ok"] and act["delegation_id"] is not None:
@@ -347,12 +362,12 @@ def evaluate(
     summary, parents = _forest(snap, th)
     suspects = {g["delegation_id"] for g in grants if g["needs_eval"]}
     suspects |= {d for d, s in summary.items() if not s.ok or s.dirty}
-    grant_found, widening = _grant_violations(facts, sorted(suspects), th)
+    grant_found, widening = _grant_violations(facts, sorted(suspects), parents, th)
     chains.mark_dirty(summary, parents, widening)
     if want & DELEGATION_KINDS:
         found += grant_found + _retirements(grants)
     if want & ACTION_KINDS:
-        found += _action_violations(snap, facts, summary, th)
+        found += _action_violations(snap, facts, summary, parents, th)
     if want & CREDENTIAL_KINDS:
         found += credential_violations(snap, facts)
     if "LONG_LIVED_CREDENTIAL" in want:

@@ -85,25 +85,30 @@ class Graph:
     granted_by: dict[str, list[str]]
     #: delegate -> the delegations granted to it
     granted_to: dict[str, list[str]]
+    #: id -> (scopes, resources, may_redelegate, event_id, granted at µs): the rest of a grant
+    detail: dict[str, tuple[list[str], list[str], bool, str, int]]
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection, size: int) -> Graph:
         rows: dict[str, tuple[str | None, int, int, str, str]] = {}
+        detail: dict[str, tuple[list[str], list[str], bool, str, int]] = {}
         children: dict[str, list[str]] = {}
         granted_by: dict[str, list[str]] = {}
         granted_to: dict[str, list[str]] = {}
-        for did, parent, nb, exp, delegator, delegate in con.execute(
+        for did, parent, nb, exp, delegator, delegate, scopes, res, may, ev, at in con.execute(
             "SELECT delegation_id, parent_delegation_id, epoch_us(not_before), "
-            "epoch_us(expires_at), delegator_id, delegate_id FROM delegations "
+            "epoch_us(expires_at), delegator_id, delegate_id, scopes, resources, "
+            "may_redelegate, event_id, epoch_us(occurred_at) FROM delegations "
             "ORDER BY occurred_at DESC, event_id DESC"
         ).fetchall():
             rows[did] = (parent, nb, exp, delegator, delegate)
+            detail[did] = (scopes, res, may, ev, at)
         for did, (parent, _, _, delegator, delegate) in rows.items():
             if parent is not None:
                 children.setdefault(parent, []).append(did)
             granted_by.setdefault(delegator, []).append(did)
             granted_to.setdefault(delegate, []).append(did)
-        return cls(size, rows, children, granted_by, granted_to)
+        return cls(size, rows, children, granted_by, granted_to, detail)
 
 
 def dict_rows(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[dict[str, Any]]:
@@ -172,6 +177,23 @@ class Snapshot:
             if len(cache) > HOP_CACHE:
                 cache.popitem(last=False)
         return row
+
+    def cached_delegation(self, did: str) -> dict[str, Any] | None:
+        """The remembered row of `did` (read-only snapshots), without a query; None if absent."""
+        row = self._hops.get(did) if self.store.read_only else None
+        if row is not None:
+            self._hops.move_to_end(did)
+        return row
+
+    def remember(self, rows: list[dict[str, Any]]) -> None:
+        """Keep first-grant rows fetched in bulk in the LRU (read-only snapshots only)."""
+        if not self.store.read_only:
+            return
+        cache = self._hops
+        for row in rows:
+            cache[row["delegation_id"]] = row
+        while len(cache) > HOP_CACHE:
+            cache.popitem(last=False)
 
     def covered_size(self) -> int:
         """How many entries the projections cover now (0 when they are missing)."""
