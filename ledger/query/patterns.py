@@ -151,31 +151,55 @@ def _step(pattern: str, states: frozenset[int], symbol: str) -> frozenset[int]:
     return _closure(pattern, nxt)
 
 
+# The shape of a canonical path, as a small automaton over one character at a time:
+# at the start, after "/", inside a segment that is so far "." or "..", inside a segment.
+_START, _SLASH, _DOT1, _DOT2, _SEG, _DEAD = range(6)
+_CANONICAL_END = frozenset({_START, _SEG})
+
+
+def _path_step(state: int, ch: str) -> int:
+    if state == _DEAD:
+        return _DEAD
+    if ch == "/":
+        return _SLASH if state == _SEG else _DEAD  # no leading, double, "." or ".." segment
+    if ch == "." and state in (_START, _SLASH):
+        return _DOT1
+    if ch == "." and state == _DOT1:
+        return _DOT2
+    return _SEG
+
+
 @lru_cache(maxsize=65_536)
 def covers(parent: str, child: str) -> bool:
-    """True only if every string `child` matches is matched by `parent` (both must be valid).
+    """True only if every canonical resource `child` matches is matched by `parent` (both must
+    be valid patterns).
 
-    Language inclusion of the two patterns read as automata over a finite alphabet: the
-    literals either pattern names plus one symbol for every other character (a pattern cannot
-    tell those apart), explored as a product of subset constructions. Exact over all strings;
-    past `COVERS_BUDGET` product states it answers "not covered" (an escalation finding, never
-    a silent grant).
+    Language inclusion of the two patterns read as automata, restricted to canonical paths (a
+    third automaton: no empty, `.` or `..` segment, no leading or trailing `/`), over a finite
+    alphabet: the characters either pattern names, `/` and `.`, plus one symbol for every other
+    character (no pattern can tell those apart). Explored as a product of subset
+    constructions; exact, except that NFC is not modelled (which only adds strings, so never
+    "covered" wrongly). Past `COVERS_BUDGET` product states it answers "not covered": an
+    escalation finding, never a silent grant.
     """
     if pattern_problem(parent) is not None or pattern_problem(child) is not None:
         return False
     if parent in (child, "*"):
         return True
-    symbols = [*sorted({ch for ch in parent + child if ch not in _WILD}), _OTHER]
-    start = (_closure(child, {0}), _closure(parent, {0}))
+    symbols = [*sorted({ch for ch in parent + child + "/." if ch not in _WILD}), _OTHER]
+    start = (_closure(child, {0}), _closure(parent, {0}), _START)
     seen = {start}
     todo = [start]
     n, m = len(child), len(parent)
     while todo:
-        c_states, p_states = todo.pop()
-        if n in c_states and m not in p_states:
+        c_states, p_states, path = todo.pop()
+        if n in c_states and m not in p_states and path in _CANONICAL_END:
             return False
         for symbol in symbols:
-            nxt = (_step(child, c_states, symbol), _step(parent, p_states, symbol))
+            step = _path_step(path, symbol or "x")
+            if step == _DEAD:
+                continue
+            nxt = (_step(child, c_states, symbol), _step(parent, p_states, symbol), step)
             if nxt[0] and nxt not in seen:
                 if len(seen) >= COVERS_BUDGET:
                     return False
