@@ -124,7 +124,7 @@ def main() -> None:
         tune_process()  # what `ledger consume` does for itself; both consumers run under it
         db = OUT / "consume.duckdb"
         for rnd in range(ROUNDS):  # interleaved, so load changes hit every variant alike
-            # the ledger consumer's own fetch sizes, and aiokafka's defaults (as in PERF-NOTES)
+            # the ledger consumer's own fetch sizes, and aiokafka's defaults
             big = {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 64 << 20}
             raws.append(N / asyncio.run(raw_consume(bootstrap, f"raw-{rnd}", **big)))
             raw_defaults.append(N / asyncio.run(raw_consume(bootstrap, f"raw-default-{rnd}")))

@@ -2,7 +2,7 @@
 
 Pure (no I/O): it reads facts through the small `Facts` protocol, so `trace` (point lookups),
 `violations` (bulk, after a SQL pre-filter) and the runtime check ask the same functions and
-cannot disagree. The rules are DESIGN.md's "Authority rules" and the README's rule table:
+cannot disagree. The rules are the README's ("For investigators": chains, patterns, the rule table):
 
 - A chain is walked from the cited delegation to its root grant however deep, iteratively with
   a visited set. It fails closed: a parent the ledger does not hold (UNKNOWN_DELEGATION), an

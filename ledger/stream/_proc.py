@@ -19,7 +19,7 @@ _PR_SET_PDEATHSIG = 1
 
 def tune_process() -> None:
     """Allocation-heavy loops on these VMs pay for page faults and full GC passes: keep freed
-    memory (glibc mallopt, like the MALLOC_*_ settings in PERF-NOTES) and collect rarely
+    memory (glibc mallopt, like the MALLOC_*_ settings the bench runs under) and collect rarely
     (the hot path creates no reference cycles). Only for a process that is the consumer."""
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
