@@ -1,7 +1,8 @@
 """`python -m bench [NAME...]`: run every bench/bench_*.py (or the named ones), one process each.
 
-Each benchmark runs in a fresh interpreter with the glibc malloc settings of `bench.results.MALLOC_TUNING`
-recommends (unless `--malloc-defaults`), and writes its own section of bench/RESULTS.md.
+Each benchmark runs in a fresh interpreter with the glibc malloc settings of
+`bench.results.MALLOC_TUNING` (unless `--malloc-defaults`), and writes its own section of
+bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -82,7 +82,9 @@ def malloc_settings() -> str:
     set_now = {k: os.environ[k] for k in MALLOC_TUNING if k in os.environ}
     if not set_now:
         return "glibc malloc defaults (no MALLOC_* tuning)"
-    return "glibc malloc tuned to keep freed memory: " + ", ".join(f"{k}={v}" for k, v in set_now.items())
+    return "glibc malloc tuned to keep freed memory: " + ", ".join(
+        f"{k}={v}" for k, v in set_now.items()
+    )
 
 
 def environment() -> str:
