@@ -3,7 +3,7 @@
 Baselines measured in the same run on the same data: `json.loads` of every line (the least
 any JSON ingest must do) and a bare hashlib chain over the stored payloads (the least any
 verify must do). Targets on the 2-core reference machine: ingest >= 20k events/s, verify
->= 300k entries/s.
+(derived state included) >= 200k entries/s.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ N = int(os.environ.get("BENCH_INGEST_EVENTS", "100000"))
 SEED = 2026
 OUT = Path(__file__).with_name("out")
 INGEST_TARGET = 20_000
-VERIFY_TARGET = 300_000
+#: verify recomputes the projections since issue 12, whose target is 1M entries in 5 s
+VERIFY_TARGET = 200_000
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -137,7 +138,7 @@ def main() -> None:
             row("ingest in one process, chain only (no store extensions)", t_ingest_chain, ""),
             row("validate + encode only (`ingest.prepare`)", t_prepare, ""),
             row("baseline: `json.loads` of every line", t_json, ""),
-            row("**verify** (`ledger verify`, median of 3; first run "
+            row("**verify** (`ledger verify`, projections recomputed, median of 3; first run "
                 f"{rate(t_verify[0]):,.0f}/s)", statistics.median(t_verify),
                 f"{vok} target {VERIFY_TARGET:,}/s"),
             row("verify, chain checks only (`_check_rows`, median of 3)",

@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
+    # Checkpoints: the private key file that signs them (`--key`, repeatable on the command
+    # line: several keys sign together during a key handover).
     key: str | None = None
+    # The log's origin (C2SP tlog-checkpoint): recorded once, when a ledger file is created
+    # (the store reads LEDGER_ORIGIN then; default agent-ledger/<file stem>); given later, it
+    # is only checked against the ledger's own, never used to rename the log.
     origin: str | None = None
     # Consumer group liveness; None = 1 s / 100 ms on loopback (the dev broker rejoins fast),
     # the aiokafka defaults 10 s / 3 s elsewhere. Real Kafka requires >= 6 s by default.

@@ -1,15 +1,15 @@
 """The `ledger` command: thin click wrappers that open the ledger, call the library, render.
 
-The group imports every command module (`core`, `stream`, `investigate`, `audit`, `demo`);
-none of them imports this one. Each command imports what it calls only when it runs, so
-`ledger --help` loads neither DuckDB nor Kafka. Exit codes are in `ledger.cli._common`.
+The group imports every command module (`core`, `stream`, `investigate`, `quarantine`,
+`audit`, `demo`); none of them imports this one. Each command imports what it calls only when
+it runs, so `ledger --help` loads neither DuckDB nor Kafka. Exit codes are in `ledger.cli._common`.
 """
 
 from __future__ import annotations
 
 import click
 
-from ledger.cli import audit, core, demo, investigate, stream
+from ledger.cli import audit, core, demo, investigate, quarantine, stream
 from ledger.cli._common import LedgerGroup
 
 __all__ = ["cli", "main"]
@@ -34,7 +34,7 @@ def cli() -> None:
     """
 
 
-for _module in (core, stream, investigate, audit, demo):
+for _module in (core, stream, investigate, quarantine, audit, demo):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

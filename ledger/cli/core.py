@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -29,8 +30,11 @@ def ingest(files: tuple[str, ...], db: str, as_json: bool, batch_size: int) -> i
     """Append events from JSON Lines files (`-` reads stdin) to the ledger.
 
     Valid events are encoded to single-object Avro, exactly as Kafka carries them,
-    then hashed and appended; a repeated event_id is counted once. Invalid lines go
-    to the `quarantine` table with file, line number and reason.
+    then hashed and appended. A repeated event_id with the same bytes is a duplicate
+    (counted, not appended); with different bytes it is quarantined as a conflicting
+    duplicate. Invalid lines go to the `quarantine` table with file, line number and
+    reason (`ledger quarantine` lists them). Creates the ledger only where no file
+    exists; a DuckDB file that is not a ledger is refused untouched.
 
     \b
     Examples:
@@ -63,11 +67,7 @@ def ingest(files: tuple[str, ...], db: str, as_json: bool, batch_size: int) -> i
             f"{summary.quarantined:,} quarantined; ledger {db} has {summary.size:,} entries"
         )
         if summary.quarantined:
-            click.echo(
-                f"see them with: ledger sql --db {db} "
-                '"SELECT source, reason FROM quarantine ORDER BY received_at DESC LIMIT 20"',
-                err=True,
-            )
+            click.echo(f"see them with: ledger quarantine --db {db}", err=True)
     return EXIT_QUARANTINED if summary.quarantined else EXIT_OK
 
 
@@ -75,22 +75,39 @@ def ingest(files: tuple[str, ...], db: str, as_json: bool, batch_size: int) -> i
 @db_option
 @json_option
 @click.option("--checkpoint", "checkpoint_file", metavar="FILE",
-              help="A checkpoint kept elsewhere: detect rollback, truncation, fork.")  # fmt: skip
-@click.option("--public-key", metavar="FILE", help="Verifier key that must have signed it all.")
-def verify(db: str, as_json: bool, checkpoint_file: str | None, public_key: str | None) -> int:
+              help="A checkpoint kept elsewhere: detect rollback, truncation, fork, and a "
+              "stored checkpoint deleted.")  # fmt: skip
+@click.option("--public-key", "public_keys", multiple=True, metavar="FILE",
+              help="A verifier key you trust (file or text); repeatable. Every stored "
+              "checkpoint must then be signed by one, or by a key that co-signed a later "
+              "one with it (a key handover); with no checkpoint at all, verify fails.")  # fmt: skip
+@click.option("--origin", metavar="NAME", help="The origin you expect the ledger to have.")
+def verify(
+    db: str,
+    as_json: bool,
+    checkpoint_file: str | None,
+    public_keys: tuple[str, ...],
+    origin: str | None,
+) -> int:
     """Recompute every hash and link from seq 0; name the first bad entry.
 
     Checks: seq runs 0, 1, 2, … with no gap or repeat; each prev_hash is the previous
     entry_hash; each entry_hash = SHA-256(0x00 || u64be(seq) || prev_hash || payload);
     each row's event_id, type and occurred_at agree with its payload; the head agrees
-    with the one recorded by the last append; the Merkle tree matches the entries; every
-    stored checkpoint is validly signed, no larger than the ledger and has its root.
+    with the one recorded by the last append; the Merkle tree matches the entries; the
+    stored checkpoints are numbered #1, #2, … with no gap; every one is validly signed,
+    of the ledger's origin, no larger than the ledger and has its root; every
+    projection row (what trace, violations and authority read) equals what its entry's
+    payload says; source and recorded_at agree with the meta chain. Shows the ledger's
+    origin, the keys (name+keyhash) that signed its checkpoints, and what nothing here
+    can vouch for (consumer offsets, quarantine).
 
     \b
     Examples:
       ledger verify
       ledger verify --db audit.duckdb --json
       ledger verify --checkpoint kept/cp.txt --public-key keys/ledger.vkey
+      ledger verify --public-key keys/2026/ledger.vkey
 
     Exit: 0 intact (or empty, said so), 1 the first bad seq and why.
     """
@@ -106,18 +123,53 @@ def verify(db: str, as_json: bool, checkpoint_file: str | None, public_key: str 
             raise LedgerError(f"cannot read {checkpoint_file}: {exc.strerror}") from exc
     meter = Progress("verify")
     with Store.open(db, read_only=True) as store:
-        report = verify_store(store, progress=meter.update, checkpoint=note, public_key=public_key)
+        report = verify_store(
+            store,
+            progress=meter.update,
+            checkpoint=note,
+            public_keys=public_keys,
+            origin=origin,
+        )
     meter.done()
     if as_json:
         echo_json(report.to_dict())
     elif report.ok and report.size == 0:
-        click.echo(f"ledger {db} is empty: nothing to verify")
+        click.echo(f"ledger {db} is empty: nothing to verify (origin {report.origin})")
     elif report.ok:
         click.echo(f"ok: {report.size:,} entries verified, head {report.head_hash}")
+        click.echo(f"origin {report.origin}; Merkle root {report.merkle_root}")
+        click.echo(_signers_line(report.checkpoint_details, report.trusted_keys))
+        click.echo("projections: every row recomputed from its entry and equal")
+        for item in report.unvouched:
+            click.echo(f"not vouched for: {item}")
     else:
         where = "" if report.bad_seq is None else f" at seq {report.bad_seq}"
         click.echo(f"FAILED{where}: {report.reason}", err=True)
+        for d in report.derived[1:]:
+            click.echo(f"  also: {d['reason']}", err=True)
+        if report.derived_total > len(report.derived):
+            click.echo(f"  ({report.derived_total:,} projection rows differ in all)", err=True)
     return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def _signers_line(details: list[dict[str, Any]], trusted: list[str]) -> str:
+    """`N checkpoints (#a..#b), signed by KEY (#i..#j), …` and which keys were trusted."""
+    if not details:
+        return "no checkpoint stored: nothing is signed (`ledger checkpoint --key FILE`)"
+    spans: dict[str, list[int]] = {}
+    for d in details:
+        for k in d["signed_by"]:
+            spans.setdefault(k["key_id"], []).append(d["n"])
+    keys = ", ".join(
+        f"{key} (#{ns[0]}..#{ns[-1]})" if len(ns) > 1 else f"{key} (#{ns[0]})"
+        for key, ns in spans.items()
+    )
+    line = f"{len(details)} checkpoint(s) #{details[0]['n']}..#{details[-1]['n']}, signed by {keys}"
+    if trusted:
+        line += f"; trusted key(s): {', '.join(trusted)}"
+    else:
+        line += " (checked with the keys stored beside them: pin yours with --public-key)"
+    return line
 
 
 @click.group()

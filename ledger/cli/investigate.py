@@ -670,7 +670,7 @@ def rebuild(db: str, as_json: bool) -> int:
     from ledger.store.projections import rebuild as run_rebuild
 
     meter = Progress("rebuild")
-    with Store.open(db) as store:
+    with Store.open(db, create=False) as store:
         rows = run_rebuild(store, progress=meter.update)
     meter.done()
     if as_json:

@@ -151,15 +151,19 @@ def emit(
 )
 @click.option(
     "--key",
-    default=None,
+    "keys",
+    multiple=True,
     metavar="FILE",
-    help="Sign checkpoints on the way with this private key. Env: LEDGER_KEY.",
+    help="Sign checkpoints on the way, and the tail on a clean exit, with this private key "
+    "(repeatable: several keys sign together). Env: LEDGER_KEY.",
 )
 @click.option(
     "--origin",
     default=None,
     metavar="NAME",
-    help="Checkpoint origin. Env: LEDGER_ORIGIN. [default: agent-ledger/<db stem>]",
+    help="The log's origin: fixed when the ledger is created (a new ledger takes "
+    "LEDGER_ORIGIN, else agent-ledger/<db stem>); given later, it must be that one. "
+    "Env: LEDGER_ORIGIN.",
 )
 @click.option(
     "--checkpoint-every",
@@ -188,7 +192,7 @@ def consume(
     until_idle: float | None,
     batch_size: int | None,
     decode_workers: int | None,
-    key: str | None,
+    keys: tuple[str, ...],
     origin: str | None,
     checkpoint_every: int,
     checkpoint_interval: float,
@@ -221,10 +225,10 @@ def consume(
     _logging(verbose)
     settings = load(
         bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db, batch_size=batch_size,
-        decode_workers=decode_workers, key=key, origin=origin,
+        decode_workers=decode_workers, key=keys[0] if keys else None, origin=origin,
     )  # fmt: skip
     checkpointer = (
-        Checkpointer.from_settings(settings, checkpoint_every, checkpoint_interval)
+        Checkpointer.from_settings(settings, checkpoint_every, checkpoint_interval, keys)
         if settings.key
         else None
     )

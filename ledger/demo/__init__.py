@@ -125,7 +125,7 @@ def _investigate(
     key, vkey = _keys(db)
     say(f"signing a checkpoint with {key} ...")
     with Store.open(db) as store:
-        cp = checkpoint.create(store, checkpoint.load_signer(key), checkpoint.default_origin(db))
+        cp = checkpoint.create(store, checkpoint.load_signer(key))
         cp_file = Path(db).with_suffix(".checkpoint")
         cp_file.write_text(cp.note)
         say("verifying the ledger (hash chain, Merkle tree, checkpoints) ...")

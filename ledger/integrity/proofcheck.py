@@ -8,10 +8,19 @@ trusted in one sitting. Any failure raises `ProofCheckError` with what failed an
 Inclusion bundle: the leaf hash is recomputed as SHA-256(0x00 || u64be(seq) || prev_hash ||
 payload); the payload's own event_id (the first string of its Avro body) must be `event_id`;
 the audit path must lead from that leaf to `root_hash`; `tree_size` and `root_hash` must be the
-checkpoint's; the checkpoint must carry a valid Ed25519 signature by the key. Consistency
-bundle: both checkpoints valid, same origin, sizes and roots as stated, and the proof shows the
-old tree is a prefix of the new one. Pass the key you trust (`pinned`): the key in a bundle only
-proves the bundle agrees with itself.
+checkpoint's; the checkpoint must be signed by a known key. Consistency bundle: the proof shows
+the tree of `old_size` (root `old_root`) is a prefix of the tree of `new_size` (`new_root`);
+each side that carries a checkpoint (`old_checkpoint`, `new_checkpoint`) must be signed by a
+known key and state that size and root, and at least one side must carry one. A side whose
+checkpoint is null is a root the ledger computed and nobody signed: the summary says so, and
+only a root you hold from elsewhere makes it mean anything.
+
+Known keys: the ones you trust (`pinned`, one or several verifier keys: a log's keys before and
+after a rotation), else the bundle's own `public_key` (one key, or a list), which only proves
+the bundle agrees with itself. Notes follow C2SP signed-note, "Signatures": signatures by other
+keys are ignored, a signature by a known key must verify, and one must. Pin the origin too
+(`origin`): a checkpoint of another log signed by a key you trust is then refused. A tree of
+size 0 has root SHA-256("") (RFC 6962 section 2.1), whoever signs otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any
@@ -29,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "CONSISTENCY_KEYS",
+    "EMPTY_ROOT",
     "INCLUSION_KEYS",
     "SIG_PREFIX",
     "ProofCheckError",
@@ -38,6 +49,7 @@ __all__ = [
     "check_consistency_bundle",
     "check_file",
     "check_inclusion",
+    "empty_root_error",
     "open_checkpoint",
     "parse_vkey",
     "root_from_inclusion",
@@ -49,6 +61,7 @@ CONSISTENCY_KEYS = {"old_size", "new_size", "old_root", "new_root", "proof", "ol
                     "new_checkpoint", "public_key"}  # fmt: skip
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 SIG_PREFIX = "\u2014 "
+EMPTY_ROOT = sha256(b"").digest()
 
 
 class ProofCheckError(Exception):
@@ -57,9 +70,14 @@ class ProofCheckError(Exception):
 
 @dataclass(frozen=True)
 class Result:
+    """What a bundle proved: its kind, a one-line summary, whether the keys were pinned, the
+    log's origin, and the keys (name+keyhash) whose signatures verified."""
+
     kind: str
     summary: str
     pinned: bool
+    origin: str = ""
+    signers: tuple[str, ...] = ()
 
 
 # -- encodings --------------------------------------------------------------------------------
@@ -90,24 +108,38 @@ def _size(value: Any, field: str) -> int:
 # -- C2SP signed note, Ed25519 verifier key, tlog-checkpoint body -------------------------------
 
 
-def parse_vkey(text: str) -> tuple[str, bytes, bytes]:
+def parse_vkey(text: str, field: str = "public_key") -> tuple[str, bytes, bytes]:
     """(name, key hash, public key) of `name+hash8+base64(0x01 || key)`, hash checked."""
     parts = text.split("+", 2)
     if len(parts) != 3 or not parts[0] or any(c.isspace() for c in parts[0]):
-        raise ProofCheckError("public_key is not a verifier key name+hash+key")
+        raise ProofCheckError(f"{field} is not a verifier key name+hash+key")
     name, hex_hash, b64 = parts
-    raw = _b64(b64, "public_key")
+    raw = _b64(b64, field)
     if len(raw) != 33 or raw[0] != 1:
-        raise ProofCheckError("public_key is not an Ed25519 key")
+        raise ProofCheckError(f"{field} is not an Ed25519 key")
     want = sha256(name.encode() + b"\n" + raw[:1] + raw[1:]).digest()[:4]
     if hex_hash != want.hex():
-        raise ProofCheckError("public_key hash does not match its name and key")
+        raise ProofCheckError(f"{field} hash does not match its name and key")
     return name, want, raw[1:]
 
 
-def open_checkpoint(note: str, vkey: str, field: str) -> tuple[str, int, bytes]:
-    """(origin, size, root) of a checkpoint note whose signature by `vkey` is valid."""
-    name, khash, public = parse_vkey(vkey)
+def empty_root_error(size: int, root: bytes) -> str | None:
+    """A tree of size 0 has the root SHA-256("") (RFC 6962 section 2.1: MTH({}) = SHA-256());
+    the same rule as `ledger.tlog.merkle.empty_root_error`, repeated here on purpose."""
+    if size == 0 and root != EMPTY_ROOT:
+        return f'a tree of size 0 has the root SHA-256("") = {EMPTY_ROOT.hex()}, not {root.hex()}'
+    return None
+
+
+def open_checkpoint(
+    note: str, vkeys: str | Sequence[str], field: str
+) -> tuple[str, int, bytes, list[str]]:
+    """(origin, size, root, signers) of a checkpoint note signed by a known key of `vkeys`.
+
+    C2SP signed-note: a signature line whose name and key ID do not both match a known key is
+    ignored; one that does must verify; at least one must. C2SP tlog-checkpoint: origin, size
+    (decimal, no leading zeros), base64 32-byte root; a size-0 tree has the empty root."""
+    known = [parse_vkey(v) for v in ([vkeys] if isinstance(vkeys, str) else vkeys)]
     if not isinstance(note, str) or not note.endswith("\n"):
         raise ProofCheckError(f"{field} is not a signed note ending in a newline")
     if any(ord(c) < 0x20 and c != "\n" for c in note):
@@ -116,20 +148,24 @@ def open_checkpoint(note: str, vkey: str, field: str) -> tuple[str, int, bytes]:
     if split < 0:
         raise ProofCheckError(f"{field} has no signature block")
     body, sigs = note[: split + 1], note[split + 2 :]
-    good = False
+    good: list[str] = []
     for line in sigs.splitlines():
         if not line.startswith(SIG_PREFIX):
             raise ProofCheckError(f"{field} has a malformed signature line")
         signer, _, b64 = line[len(SIG_PREFIX) :].partition(" ")
         raw = _b64(b64, f"{field} signature")
-        if signer == name and raw[:4] == khash:
+        for name, khash, public in known:
+            if (signer, raw[:4]) != (name, khash):
+                continue
             try:
                 Ed25519PublicKey.from_public_bytes(public).verify(raw[4:], body.encode())
             except InvalidSignature:
                 raise ProofCheckError(f"{field} signature by {name} is invalid") from None
-            good = True
+            if f"{name}+{khash.hex()}" not in good:
+                good.append(f"{name}+{khash.hex()}")
     if not good:
-        raise ProofCheckError(f"{field} is not signed by {name}+{khash.hex()}")
+        wanted = ", ".join(f"{name}+{khash.hex()}" for name, khash, _ in known)
+        raise ProofCheckError(f"{field} is not signed by {wanted}")
     lines = body.split("\n")
     if len(lines) < 4 or not lines[0] or not lines[1].isdigit() or not lines[1].isascii():
         raise ProofCheckError(f"{field} body is not origin / size / root lines")
@@ -138,7 +174,10 @@ def open_checkpoint(note: str, vkey: str, field: str) -> tuple[str, int, bytes]:
     root = _b64(lines[2], f"{field} root hash")
     if len(root) != 32:
         raise ProofCheckError(f"{field} root hash is not 32 bytes")
-    return lines[0], int(lines[1]), root
+    size = int(lines[1])
+    if problem := empty_root_error(size, root):
+        raise ProofCheckError(f"{field}: {problem}")
+    return lines[0], size, root, good
 
 
 # -- RFC 9162 2.1.3.2 and 2.1.4.2 ---------------------------------------------------------------
@@ -170,8 +209,13 @@ def root_from_inclusion(index: int, size: int, leaf: bytes, path: list[bytes]) -
 def check_consistency(
     size1: int, size2: int, root1: bytes, root2: bytes, proof: list[bytes]
 ) -> None:
+    """RFC 9162 2.1.4.2; a size-0 side must carry the empty-tree root (the proof from the
+    empty tree is empty, so nothing else would check it)."""
     if size2 < size1:
         raise ProofCheckError(f"new_size {size2} is smaller than old_size {size1}: a rollback")
+    for side, size, root in (("old_root", size1, root1), ("new_root", size2, root2)):
+        if problem := empty_root_error(size, root):
+            raise ProofCheckError(f"{side}: {problem}")
     if size1 in (size2, 0):
         if proof:
             raise ProofCheckError("proof must be empty for these sizes")
@@ -227,7 +271,15 @@ def _avro_first_string(payload: bytes) -> str:
     raise ProofCheckError("payload's event_id field is malformed")
 
 
-def check_inclusion(b: dict[str, Any], vkey: str) -> str:
+def _origin(got: str, want: str | None, field: str) -> None:
+    if want is not None and got != want:
+        raise ProofCheckError(f"{field} is for the log {got!r}, not the pinned origin {want!r}")
+
+
+def check_inclusion(
+    b: dict[str, Any], vkeys: str | Sequence[str], origin: str | None = None
+) -> tuple[str, str, list[str]]:
+    """(summary, origin, signers) of a valid inclusion bundle; else raise."""
     seq = _size(b["seq"], "seq")
     size = _size(b["tree_size"], "tree_size")
     if not isinstance(b["event_id"], str) or not isinstance(b["payload_b64"], str):
@@ -245,34 +297,71 @@ def check_inclusion(b: dict[str, Any], vkey: str) -> str:
     root = _hash(b["root_hash"], "root_hash")
     if root_from_inclusion(seq, size, leaf, path) != root:
         raise ProofCheckError(f"audit_path from seq {seq} does not lead to root_hash")
-    origin, cp_size, cp_root = open_checkpoint(b["checkpoint"], vkey, "checkpoint")
+    log, cp_size, cp_root, signers = open_checkpoint(b["checkpoint"], vkeys, "checkpoint")
+    _origin(log, origin, "checkpoint")
     if cp_size != size:
         raise ProofCheckError(f"tree_size {size} is not the checkpoint's size {cp_size}")
     if cp_root != root:
         raise ProofCheckError("root_hash is not the checkpoint's root hash")
-    return f"event {b['event_id']} (seq {seq}) is in {origin} at size {size}"
+    return f"event {b['event_id']} (seq {seq}) is in {log} at size {size}", log, signers
 
 
-def check_consistency_bundle(b: dict[str, Any], vkey: str) -> str:
+def check_consistency_bundle(
+    b: dict[str, Any], vkeys: str | Sequence[str], origin: str | None = None
+) -> tuple[str, str, list[str]]:
+    """(summary, origin, signers) of a valid consistency bundle; else raise. A null
+    checkpoint leaves that side's root unsigned (said in the summary); one side must be
+    signed."""
     size1, size2 = _size(b["old_size"], "old_size"), _size(b["new_size"], "new_size")
     root1, root2 = _hash(b["old_root"], "old_root"), _hash(b["new_root"], "new_root")
     if not isinstance(b["proof"], list):
         raise ProofCheckError("proof is not a list")
     proof = [_hash(h, f"proof[{i}]") for i, h in enumerate(b["proof"])]
-    o1, s1, r1 = open_checkpoint(b["old_checkpoint"], vkey, "old_checkpoint")
-    o2, s2, r2 = open_checkpoint(b["new_checkpoint"], vkey, "new_checkpoint")
-    if (s1, r1) != (size1, root1):
-        raise ProofCheckError("old_size/old_root are not those of old_checkpoint")
-    if (s2, r2) != (size2, root2):
-        raise ProofCheckError("new_size/new_root are not those of new_checkpoint")
-    if o1 != o2:
-        raise ProofCheckError(f"checkpoints are from different logs ({o1!r}, {o2!r})")
+    if b["old_checkpoint"] is None and b["new_checkpoint"] is None:
+        raise ProofCheckError(
+            "neither old_checkpoint nor new_checkpoint is present: nothing in the bundle is signed"
+        )
+    logs: list[str] = []
+    signers: list[str] = []
+    for side, size, root in (("old", size1, root1), ("new", size2, root2)):
+        note = b[f"{side}_checkpoint"]
+        if note is None:
+            continue
+        log, s, r, who = open_checkpoint(note, vkeys, f"{side}_checkpoint")
+        _origin(log, origin, f"{side}_checkpoint")
+        if (s, r) != (size, root):
+            raise ProofCheckError(f"{side}_size/{side}_root are not those of {side}_checkpoint")
+        logs.append(log)
+        signers += [k for k in who if k not in signers]
+    if len(set(logs)) > 1:
+        raise ProofCheckError(f"checkpoints are from different logs ({logs[0]!r}, {logs[1]!r})")
     check_consistency(size1, size2, root1, root2, proof)
-    return f"{o2} grew from {size1} to {size2} entries without rewriting any"
+    summary = f"{logs[0]} grew from {size1} to {size2} entries without rewriting any"
+    for side, size, root in (("old", size1, root1), ("new", size2, root2)):
+        if b[f"{side}_checkpoint"] is None and size:  # size 0: the root is SHA-256("") anyway
+            summary += (
+                f" (the {side} root {root.hex()} at size {size} is not signed: "
+                "compare it with one you hold)"
+            )
+    return summary, logs[0], signers
 
 
-def check_bundle(bundle: Any, pinned: str | None = None) -> Result:
-    """Verify a parsed bundle; `pinned` is the verifier key the auditor trusts."""
+def _keys(value: Any, field: str) -> list[str]:
+    """One verifier key, or a non-empty list of them, each checked."""
+    keys = [value] if isinstance(value, str) else value
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise ProofCheckError(f"{field} is not a verifier key or a list of them")
+    keys = [k.strip() for k in keys]
+    for k in keys:
+        parse_vkey(k, field)
+    return keys
+
+
+def check_bundle(
+    bundle: Any, pinned: str | Sequence[str] | None = None, origin: str | None = None
+) -> Result:
+    """Verify a parsed bundle; `pinned` is the verifier key (or keys) the auditor trusts,
+    `origin` the log they expect it to be from."""
     if not isinstance(bundle, dict):
         raise ProofCheckError("bundle is not a JSON object")
     keys = set(bundle)
@@ -281,19 +370,24 @@ def check_bundle(bundle: Any, pinned: str | None = None) -> Result:
     if keys != want:
         missing, extra = sorted(want - keys), sorted(keys - want)
         raise ProofCheckError(f"{kind} bundle fields wrong: missing {missing}, unexpected {extra}")
-    if not isinstance(bundle["public_key"], str):
-        raise ProofCheckError("public_key is not a string")
-    vkey = bundle["public_key"]
+    own = _keys(bundle["public_key"], "public_key")
+    known = own
     if pinned is not None:
-        pinned = pinned.strip()
-        parse_vkey(pinned)
-        if pinned != vkey:
-            raise ProofCheckError("the bundle's public_key is not the pinned key")
+        known = _keys(pinned if isinstance(pinned, str) else list(pinned), "the pinned key")
+        if not set(own) & set(known):
+            raise ProofCheckError(
+                "the bundle's public_key is not the pinned key"
+                if len(known) == 1
+                else "none of the bundle's public keys is among the pinned keys"
+            )
     check = check_inclusion if kind == "inclusion" else check_consistency_bundle
-    return Result(kind, check(bundle, vkey), pinned is not None)
+    summary, log, signers = check(bundle, known, origin)
+    return Result(kind, summary, pinned is not None, log, tuple(signers))
 
 
-def check_file(path: str, pinned: str | None = None) -> Result:
+def check_file(
+    path: str, pinned: str | Sequence[str] | None = None, origin: str | None = None
+) -> Result:
     try:
         with open(path, encoding="utf-8") as fh:
             bundle = json.load(fh)
@@ -301,4 +395,4 @@ def check_file(path: str, pinned: str | None = None) -> Result:
         raise ProofCheckError(f"cannot read {path}: {exc.strerror}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ProofCheckError(f"{path} is not JSON: {exc}") from exc
-    return check_bundle(bundle, pinned)
+    return check_bundle(bundle, pinned, origin)

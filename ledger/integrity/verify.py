@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
 from itertools import pairwise
@@ -17,16 +17,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger.contract.codec import Codec, default_codec
-from ledger.errors import CodecError
-from ledger.integrity.audit import audit_ledger
+from ledger.errors import CodecError, StoreError
+from ledger.integrity.audit import Integrity, audit_ledger
+from ledger.integrity.derived import DerivedCheck
 from ledger.store import Store
-from ledger.store.treestore import audit
+from ledger.store.checkpoints import ledger_origin
+from ledger.store.treestore import audit, root_of_entries
 from ledger.tlog import chain
 from ledger.tlog.chain import HASH_LEN
 
-__all__ = ["BATCH_ROWS", "VerifyReport", "verify_store"]
+__all__ = ["BATCH_ROWS", "UNVOUCHED", "VerifyReport", "verify_store"]
 
 BATCH_ROWS = 32_768
+
+#: tables in the file that nothing recomputes: reported with every verify, never silently
+UNVOUCHED = (
+    "consumer_offsets: where consumers resume; an edit makes a consumer skip or re-read "
+    "input (a re-read is deduplicated), it changes no entry",
+    "quarantine: rejected input kept for inspection; rows can be removed or altered unseen",
+)
 
 
 @dataclass(slots=True)
@@ -41,6 +50,21 @@ class VerifyReport:
     checks: list[str] = field(default_factory=list)
     merkle_root: str = ""
     checkpoints: int = 0
+    #: the log's origin (fixed when the ledger was created)
+    origin: str = ""
+    #: `merkle_root` is the root of the tree of the first `merkle_root_size` entries, computed
+    #: as `merkle_root_basis` says (also when the check failed: then over what verified)
+    merkle_root_size: int = 0
+    merkle_root_basis: str = ""
+    #: the trusted keys given (name+keyhash) and, per stored checkpoint, who signed it and why
+    #: it is accepted (`ledger.integrity.audit.CheckpointReport`)
+    trusted_keys: list[str] = field(default_factory=list)
+    checkpoint_details: list[dict[str, Any]] = field(default_factory=list)
+    #: projection rows that differ from their entries (first few; see `derived_total`)
+    derived: list[dict[str, Any]] = field(default_factory=list)
+    derived_total: int = 0
+    #: what the file holds that no check here can vouch for
+    unvouched: list[str] = field(default_factory=lambda: list(UNVOUCHED))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -354,11 +378,66 @@ def verify_store(
     progress: Callable[[int, int], None] | None = None,
     checkpoint: str | None = None,
     public_key: str | None = None,
+    *,
+    public_keys: Sequence[str] = (),
+    origin: str | None = None,
 ) -> VerifyReport:
     """Recompute every entry hash and link from seq 0 and check the recorded head; then the
-    Merkle tree and every stored checkpoint, and `checkpoint` (a signed note the auditor kept)
-    checked with `public_key` (file or text), which also pins the stored checkpoints' key."""
-    codec = codec or default_codec()
+    Merkle tree and every stored checkpoint, and `checkpoint` (a signed note the auditor kept).
+
+    `public_keys` (files or key texts; `public_key` is one more) are the keys the auditor
+    trusts, and `origin` the origin they expect: see `ledger.integrity.audit` for what is
+    checked and proven with them. A failed report still carries a Merkle root: that of the
+    entries verified before the failure, `merkle_root_size` of them."""
+    derived = DerivedCheck.start(store, codec)
+    keys = (*public_keys, *([public_key] if public_key else []))
+    try:
+        report = _verify(
+            store, codec or default_codec(), progress, checkpoint, keys, origin, derived
+        )
+    finally:
+        derived.cancel()
+    if not report.merkle_root:
+        _root_of_verified(store, report)
+    return report
+
+
+def _take_integrity(report: VerifyReport, integrity: Integrity) -> None:
+    """Copy what the checkpoint audit found that the report shows (origin, keys, root)."""
+    report.origin = integrity.origin
+    report.merkle_root_size = integrity.root_size
+    report.merkle_root_basis = f"recomputed from the entry hashes of all {integrity.root_size:,}"
+    report.trusted_keys = integrity.trusted
+    report.checkpoint_details = [d.to_dict() for d in integrity.details]
+
+
+def _root_of_verified(store: Store, report: VerifyReport) -> None:
+    """For a report that failed before the Merkle audit: the root over the entries that did
+    verify (seq 0..bad_seq-1), and the ledger's origin."""
+    verified = report.size if report.bad_seq is None else min(report.bad_seq, report.size)
+    verified = max(verified, 0)
+    try:
+        report.merkle_root = root_of_entries(store.con, verified).hex()
+    except StoreError:  # the rows before the failure are not all readable after all
+        verified, report.merkle_root = 0, root_of_entries(store.con, 0).hex()
+    report.merkle_root_size = verified
+    report.merkle_root_basis = (
+        f"recomputed from the entry hashes of seq 0..{verified - 1}, verified before the failure"
+        if verified
+        else "the empty tree: no entry verified before the failure"
+    )
+    report.origin = report.origin or ledger_origin(store)
+
+
+def _verify(
+    store: Store,
+    codec: Codec,
+    progress: Callable[[int, int], None] | None,
+    checkpoint: str | None,
+    public_keys: Sequence[str],
+    origin: str | None,
+    derived: DerivedCheck,
+) -> VerifyReport:
     checks = ["seq continuity", "prev_hash links", "entry hashes", "payload envelope", "unique ids"]
     failure: tuple[int, str] | None = None
     try:
@@ -399,12 +478,35 @@ def verify_store(
             False, size, head.hex(), 0, "entries exist but no head was ever recorded", checks
         )
 
-    integrity = audit_ledger(store, size, checks, checkpoint, public_key)
+    integrity = audit_ledger(
+        store, size, checks, checkpoint, public_keys=public_keys, origin=origin
+    )
     report = VerifyReport(True, size, head.hex(), checks=checks)
+    if size and store.recorded_meta() is None:
+        report.unvouched.append(
+            "recorded_at, source: this ledger was written before they were committed (no meta "
+            "chain); nothing vouches for them"
+        )
     report.merkle_root = integrity.root.hex()
     report.checkpoints = integrity.checkpoints
+    _take_integrity(report, integrity)
     if integrity.problem:
         report.ok, report.bad_seq, report.reason = False, integrity.bad_seq, integrity.problem
+    meta_problem = _check_meta(store, size, checks)
+    if meta_problem is not None and report.ok:
+        report.ok, (report.bad_seq, report.reason) = False, meta_problem
+    checks.append("projections recomputed from the payloads")
+    differences, total = derived.result()
+    report.derived = [d.to_dict() for d in differences]
+    report.derived_total = total
+    if differences and report.ok:
+        first = differences[0]
+        more = f" (and {total - 1:,} more)" if total > 1 else ""
+        report.ok, report.bad_seq = False, first.seq
+        report.reason = (
+            f"{first.describe()}{more}; answers read these tables: keep a copy of the file as "
+            "evidence, then `ledger rebuild` recomputes them from the entries"
+        )
     return report
 
 
@@ -418,3 +520,36 @@ def _localized(
     if found.problem and found.bad_seq is not None and found.bad_seq < bad_seq:
         bad_seq, reason = found.bad_seq, f"{reason}; {found.problem}"
     return VerifyReport(False, size, head.hex(), bad_seq, reason, checks)
+
+
+def _check_meta(store: Store, size: int, checks: list[str]) -> tuple[int | None, str] | None:
+    """`recorded_at` and `source` against the meta chain recorded with the last append
+    (`chain.meta_extend`): (bad seq or None, reason), or None when they agree. A ledger
+    written before the meta chain existed has none; `VerifyReport.unvouched` then says so."""
+    recorded = store.recorded_meta()
+    if recorded is None:
+        return None
+    checks.append("recorded_at and source (meta chain)")
+    table = store.con.sql(
+        "SELECT epoch_us(recorded_at) AS r, source FROM entries ORDER BY seq"
+    ).to_arrow_table()
+    if table.column(0).null_count or table.column(1).null_count:
+        return None, "recorded_at or source is NULL"
+    rec = table.column(0).to_numpy()
+    back = np.flatnonzero(np.diff(rec) < 0)
+    if back.size:
+        seq = int(back[0]) + 1
+        return seq, f"recorded_at of seq {seq} is earlier than that of seq {seq - 1}"
+    offsets, data = _binary_parts(table.column(1).combine_chunks())
+    bounds = [0, *(np.flatnonzero(np.diff(rec)) + 1).tolist(), size] if size else [0]
+    meta = chain.GENESIS
+    for a, b in pairwise(bounds):
+        lengths = np.diff(offsets[a : b + 1]).astype(">u4").tobytes()
+        body = data[offsets[a] : offsets[b]].tobytes()
+        meta = chain.meta_extend_encoded(meta, a, b - a, int(rec[a]), lengths, body)
+    if meta != recorded:
+        return None, (
+            "recorded_at or source of some entry differs from what the ledger recorded when it "
+            "wrote it (the meta chain of the last append does not match)"
+        )
+    return None

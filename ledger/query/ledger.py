@@ -86,10 +86,12 @@ class Ledger:
     ) -> Ledger:
         """Open a ledger file whose projections cover every entry (else: run `ledger rebuild`).
 
-        A read-only ledger also has external access (files, extensions) switched off; `sql()`
-        accepts only SELECT/EXPLAIN statements, so it can neither write nor change settings.
-        (The configuration is not locked: point lookups run single-threaded, scans on every
-        core, and switching needs SET.)
+        External access (files, extensions, ATTACH) is switched off. `sql()` accepts only
+        SELECT/EXPLAIN statements and, on a ledger opened writable, runs them inside a
+        transaction that is always rolled back: whatever a statement does (a data-modifying
+        CTE, `EXPLAIN ANALYZE DELETE`), the file does not change. (The configuration is not
+        locked: point lookups run single-threaded, scans on every core, and switching needs
+        SET.)
         """
         store = Store.open(path, read_only=read_only)
         try:
@@ -100,8 +102,7 @@ class Ledger:
                 raise StoreError(
                     f"{store.path}: the query projections are {what}; run `ledger rebuild`"
                 )
-            if read_only:
-                store.con.execute("SET enable_external_access = false")
+            store.con.execute("SET enable_external_access = false")
         except BaseException:
             store.close()
             raise
@@ -307,10 +308,20 @@ class Ledger:
         if len(statements) > 1:
             raise ValidationError("one statement at a time")
         self.snapshot.full_scans()
+        if self.store.read_only:
+            return _run(self.con, query)
+        self.con.execute("BEGIN TRANSACTION")
         try:
-            cur = self.con.execute(query)
-            columns = [d[0] for d in cur.description or ()]
-            rows = cur.fetchall()
-        except duckdb.Error as exc:
-            raise ValidationError(f"query failed: {first_line(exc)}") from exc
-        return SqlResult(columns, rows)
+            return _run(self.con, query)
+        finally:
+            self.con.execute("ROLLBACK")
+
+
+def _run(con: duckdb.DuckDBPyConnection, query: str) -> SqlResult:
+    try:
+        cur = con.execute(query)
+        columns = [d[0] for d in cur.description or ()]
+        rows = cur.fetchall()
+    except duckdb.Error as exc:
+        raise ValidationError(f"query failed: {first_line(exc)}") from exc
+    return SqlResult(columns, rows)

@@ -20,6 +20,7 @@ from ledger.store._store import (
     register_default_extension,
 )
 from ledger.store.projections import Projections
+from ledger.store.quarantine import Quarantined, quarantined
 from ledger.store.treestore import MerkleExtension
 
 __all__ = [
@@ -29,12 +30,14 @@ __all__ = [
     "Incoming",
     "MerkleExtension",
     "Projections",
+    "Quarantined",
     "Rejected",
     "Store",
     "StoreExtension",
     "default_db_path",
     "default_extensions",
     "fetch_one",
+    "quarantined",
     "register_default_extension",
 ]
 

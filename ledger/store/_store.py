@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
@@ -21,12 +22,15 @@ import numpy as np
 import pyarrow as pa
 
 from ledger._text import first_line
+from ledger.config import load
 from ledger.contract.batch import EventBatch, Incoming, Rejected
 from ledger.errors import StoreError
+from ledger.store.quarantine import split_repeats
 from ledger.store.seen import SeenIds
 from ledger.tlog import chain
 
 FORMAT_VERSION = "1"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS ledger_meta (
@@ -105,6 +109,9 @@ class _Head:
     size: int = 0
     hash: bytes = chain.GENESIS
     seen: SeenIds | None = field(default=None)
+    #: the meta chain (`chain.meta_extend`); None for a ledger written before it existed
+    meta: bytes | None = chain.GENESIS
+    recorded_us: int = 0
 
 
 class StoreExtension(Protocol):
@@ -129,6 +136,11 @@ def register_default_extension(factory: Callable[[], StoreExtension]) -> None:
 def default_extensions() -> tuple[StoreExtension, ...]:
     """Fresh instances of the registered default extensions, in the order they are updated."""
     return tuple(factory() for factory in _DEFAULT_EXTENSIONS)
+
+
+def default_origin(db_path: str) -> str:
+    """`agent-ledger/<file stem>`: the origin a ledger gets when it is created without one."""
+    return f"agent-ledger/{Path(db_path).stem}"
 
 
 def default_db_path() -> str:
@@ -160,15 +172,22 @@ class Store:
         path: str | os.PathLike[str],
         read_only: bool = False,
         extensions: Sequence[StoreExtension] | None = None,
+        *,
+        create: bool = True,
     ) -> Store:
-        """Open (or, writable, create) the ledger at `path`.
+        """Open the ledger at `path`; with `create` (writable only), create it if no file is there.
 
-        `extensions` are the derived structures kept with every append; None means the
-        registered defaults (projections and Merkle state). Raises `StoreError` when the file
-        cannot be opened, is locked by another process, or is not a ledger.
+        A ledger is only ever created where no file exists: a writable open of an existing
+        file first checks, read-only, that it is a ledger, so a DuckDB file of something else
+        is refused untouched. Writers that must not create (checkpoint, rebuild) pass
+        `create=False`. `extensions` are the derived structures kept with every append; None
+        means the registered defaults (projections and Merkle state). Raises `StoreError` when
+        there is no ledger at `path` (and `create` is off or `read_only` on), the file cannot
+        be opened, is locked by another process, or is not a ledger.
         """
         path = str(path)
-        if read_only and path != ":memory:" and not Path(path).exists():
+        exists = path == ":memory:" or Path(path).exists()
+        if not exists and (read_only or not create):
             raise StoreError(f"no ledger at {path} (run `ledger ingest` or `ledger consume` first)")
         try:
             con = duckdb.connect(path, read_only=read_only)
@@ -182,14 +201,21 @@ class Store:
         with contextlib.suppress(duckdb.Error):
             con.execute("SET enable_progress_bar = false")
         store = cls(con, path, read_only, extensions)
-        if read_only:
-            store._check_format()
-        else:
-            con.execute("SET checkpoint_threshold = '256MB'")
-            store._create()
+        try:
+            if read_only or (exists and path != ":memory:"):
+                store._check_format()  # before any write: a foreign file stays untouched
+            if not read_only:
+                con.execute("SET checkpoint_threshold = '256MB'")
+                store._create()
+        except BaseException:
+            con.close()
+            raise
         return store
 
     def _create(self) -> None:
+        origin = load().origin or default_origin(self.path)
+        if any(ord(c) < 0x20 for c in origin):
+            raise StoreError(f"LEDGER_ORIGIN {origin!r} must be one line of text")
         try:
             self.con.execute("BEGIN TRANSACTION")
             self.con.execute(SCHEMA_SQL)
@@ -200,17 +226,33 @@ class Store:
             )
             for ext in self.extensions:
                 ext.create_schema(self.con)
+            # The log's origin (C2SP tlog-checkpoint: its identity), fixed here once: at
+            # creation LEDGER_ORIGIN or agent-ledger/<file stem>; a ledger made before origins
+            # were recorded keeps its first checkpoint's (recorded by the Merkle extension
+            # above), else gets this default. Never rewritten, so a renamed copy keeps it.
+            self.con.execute(
+                "INSERT INTO ledger_meta VALUES ('origin', ?) ON CONFLICT DO NOTHING", [origin]
+            )
             self.con.execute("COMMIT")
         except duckdb.Error as exc:
             self.con.execute("ROLLBACK")
             raise StoreError(f"cannot initialise ledger {self.path}: {first_line(exc)}") from exc
         self._check_format()
 
+    def origin(self) -> str | None:
+        """The origin recorded in `ledger_meta` (see `_create`), or None for a ledger made
+        before origins were recorded and not opened writable since; `ledger.store.checkpoints.
+        ledger_origin` gives the origin of any ledger."""
+        row = fetch_one(self.con, "SELECT value FROM ledger_meta WHERE key = 'origin'")
+        return None if row is None else str(row[0])
+
     def _check_format(self) -> None:
         try:
             row = fetch_one(self.con, "SELECT value FROM ledger_meta WHERE key = 'format_version'")
         except duckdb.CatalogException as exc:
-            raise StoreError(f"{self.path} is a DuckDB file but not an agent-ledger") from exc
+            raise StoreError(
+                f"{self.path} is a DuckDB file but not an agent-ledger; nothing was changed"
+            ) from exc
         if row is None or row[0] != FORMAT_VERSION:
             raise StoreError(f"{self.path}: unsupported ledger format {row and row[0]!r}")
 
@@ -271,8 +313,18 @@ class Store:
     def _load_head(self) -> _Head:
         if self._head is None:
             size, head_hash = self.head()
-            self._head = _Head(size, head_hash, SeenIds(self.con))
+            meta = self.recorded_meta()
+            if meta is None and not size:
+                meta = chain.GENESIS
+            last = fetch_one(self.con, "SELECT epoch_us(max(recorded_at)) FROM entries")
+            recorded = int(last[0]) if last and last[0] is not None else 0
+            self._head = _Head(size, head_hash, SeenIds(self.con), meta, recorded)
         return self._head
+
+    def recorded_meta(self) -> bytes | None:
+        """The meta chain recorded with the last append (`chain.meta_extend`), if any."""
+        row = fetch_one(self.con, "SELECT value FROM ledger_meta WHERE key = 'meta_hash'")
+        return None if row is None else bytes.fromhex(row[0])
 
     def append(
         self,
@@ -282,8 +334,14 @@ class Store:
     ) -> AppendResult:
         """Append a batch in one transaction: entries, quarantine, offsets, derived state.
 
-        Events whose `event_id` is already in the ledger (or earlier in the batch) are counted
-        as duplicates and not appended again.
+        An event whose `event_id` is already in the ledger (or earlier in the batch) is not
+        appended again. With the same payload bytes as that first copy it is an exact repeat,
+        counted in `duplicates`. With different bytes it is evidence: it goes to `quarantine`
+        (its payload as raw, its source, reason `conflicting duplicate of seq N: stored
+        payload sha256 H, received sha256 H'`, N the first copy's seq) and counts in
+        `quarantined`, as do the `rejected` inputs. Only a batch in which some id repeats pays
+        for the comparison (the stored payloads of the held ids, read by seq). Raises
+        `StoreError` on a read-only ledger or a DuckDB failure (then nothing is written).
         """
         if self.read_only:
             raise StoreError(f"{self.path} is open read-only")
@@ -291,39 +349,45 @@ class Store:
         head = self._load_head()
         assert head.seen is not None
         received = len(batch)
-        held = head.seen.held(batch.event_id)
+        seq0 = head.size
+        held = head.seen.where(batch.event_id)
+        conflicts: list[Rejected] = []
         if held or len(set(batch.event_id)) != received:
-            keep: list[int] = []
-            batch_ids: set[str] = set()
-            for i, event_id in enumerate(batch.event_id):
-                if event_id not in held and event_id not in batch_ids:
-                    batch_ids.add(event_id)
-                    keep.append(i)
+            keep, conflicts = split_repeats(self.con, batch, held, seq0)
             batch = batch.select(keep)
         result = AppendResult(
             appended=len(batch),
-            duplicates=received - len(batch),
-            quarantined=len(rejected),
+            duplicates=received - len(batch) - len(conflicts),
+            quarantined=len(rejected) + len(conflicts),
         )
-        seq0 = head.size
         hashes = list(chain.extend(seq0, head.hash, batch.payload))
         new_size = seq0 + len(batch)
         new_hash = hashes[-1] if hashes else head.hash
-        now = datetime.now(UTC)
+        # strictly later than the last append: `verify` tells appends apart by recorded_at
+        now_us = max(time.time_ns() // 1000, head.recorded_us + 1)
+        now = _EPOCH + timedelta(microseconds=now_us)
+        new_meta = head.meta
+        if hashes and head.meta is not None:
+            new_meta = chain.meta_extend(head.meta, seq0, now_us, batch.source)
         con = self.con
         try:
             con.execute("BEGIN TRANSACTION")
             if hashes:
-                self._insert_entries(seq0, batch, head.hash, hashes, now)
+                self._insert_entries(seq0, batch, head.hash, hashes, now_us)
                 con.execute(
                     "INSERT OR REPLACE INTO ledger_meta VALUES ('head_size', ?), ('head_hash', ?)",
                     [str(new_size), new_hash.hex()],
                 )
+                if new_meta is not None:
+                    con.execute(
+                        "INSERT OR REPLACE INTO ledger_meta VALUES ('meta_hash', ?)",
+                        [new_meta.hex()],
+                    )
                 appended = Appended(seq0, batch, hashes, head.hash)
                 for ext in self.extensions:
                     ext.on_append(con, appended)
-            if rejected:
-                self._insert_quarantine(rejected, now)
+            if rejected or conflicts:
+                self._insert_quarantine([*rejected, *conflicts], now)
             if offsets:
                 self._upsert_offsets(offsets, now)
             con.execute("COMMIT")
@@ -336,16 +400,17 @@ class Store:
             raise
         head.size = new_size
         head.hash = new_hash
+        if hashes:
+            head.meta, head.recorded_us = new_meta, now_us
         head.seen.add(batch.event_id, seq0)
         result.size = new_size
         result.head_hash = new_hash
         return result
 
     def _insert_entries(
-        self, seq0: int, batch: EventBatch, prev: bytes, hashes: list[bytes], now: datetime
+        self, seq0: int, batch: EventBatch, prev: bytes, hashes: list[bytes], now_us: int
     ) -> None:
         n = len(batch)
-        now_us = int(now.timestamp() * 1_000_000)
         ts = pa.timestamp("us", tz="UTC")
         table = pa.Table.from_arrays(
             [

@@ -42,6 +42,7 @@ __all__ = [
     "node_key",
     "read_head",
     "root_at",
+    "root_of_entries",
 ]
 
 MIN_LEVEL = 4
@@ -86,6 +87,7 @@ class MerkleExtension:
     def create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute(SCHEMA_SQL)
         con.execute(checkpoints.SCHEMA_SQL)
+        checkpoints.record_first_origin(con)
         catch_up(con)
 
     def on_append(self, con: duckdb.DuckDBPyConnection, appended: Appended) -> None:
@@ -217,6 +219,24 @@ def root_at(con: duckdb.DuckDBPyConnection, size: int, head: Head | None = None)
     plan = merkle.root_plan(size)
     nodes = _nodes(con, head, plan)
     return merkle.fold([nodes[n] for n in plan])
+
+
+def root_of_entries(con: duckdb.DuckDBPyConnection, size: int) -> bytes:
+    """MTH of the first `size` entries recomputed from their entry hashes (RFC 9162 section
+    2.1.1), streamed; the stored nodes are not used. For reports on entries already verified
+    (seq 0..size-1 present once each); raises `StoreError` if they are not all there."""
+    count = 0
+    frontier: list[bytes] = []
+    reader = con.sql(
+        "SELECT entry_hash FROM entries WHERE seq >= 0 AND seq < ? ORDER BY seq", params=[size]
+    ).to_arrow_reader(1 << CHUNK_LEVEL)
+    for batch in reader:
+        count, frontier, _ = merkle.append_leaves(
+            count, frontier, batch.column(0).to_pylist(), min_level=64
+        )
+    if count != size:
+        raise StoreError(f"entries seq 0..{size - 1} are not all present (found {count})")
+    return merkle.fold(frontier)
 
 
 def inclusion_proof(

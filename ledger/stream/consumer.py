@@ -48,7 +48,11 @@ RETRY_MAX_S = 30.0
 
 
 class Checkpointer(Protocol):
-    """Called after each committed batch (idle=False) and whenever a poll finds nothing."""
+    """Called after each committed batch (idle=False) and whenever a poll finds nothing.
+
+    If it also has a `final_checkpoint(store)` method, that is called once when the consumer
+    stops cleanly (signal, idle), after the last batch committed, so the entries since the
+    last checkpoint do not stay unsigned."""
 
     def maybe_checkpoint(self, store: Store, idle: bool) -> object: ...
 
@@ -158,6 +162,9 @@ class LedgerConsumer:
                     )
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, RETRY_MAX_S)
+            final = getattr(self.checkpointer, "final_checkpoint", None)
+            if final is not None:  # a clean stop: sign the tail
+                final(self.store)
         finally:
             self._pool.shutdown(wait=True)
             self._workers.close()

@@ -26,6 +26,7 @@ __all__ = [
     "consistency_plan",
     "consistency_proof",
     "decompose",
+    "empty_root_error",
     "fold",
     "inclusion_plan",
     "inclusion_proof",
@@ -51,6 +52,25 @@ Plan = list[list[NodeId]]
 
 class ProofError(ValueError):
     """A proof that does not verify; the message says which check failed."""
+
+
+def empty_root_error(size: int, root: bytes) -> str | None:
+    """What is wrong with a tree head (`size`, `root`) that no tree can have, else None.
+
+    The one rule every reader of a tree head applies (checkpoint bodies in `ledger.tlog.note`,
+    so the stored checkpoints, `verify --checkpoint` and proof bundles; both sides of a
+    consistency proof here): RFC 6962 section 2.1 (RFC 9162 section 2.1.1) defines the hash of
+    the empty list as MTH({}) = SHA-256(""), so a tree of size 0 has exactly that root, and
+    C2SP tlog-checkpoint's root hash line is "the root of the RFC 6962 Merkle hash tree at the
+    specified tree size". (The offline verifier `ledger.integrity.proofcheck` repeats this rule
+    on purpose, as it repeats the proof checks; a test holds the two to the same answers.)
+    """
+    if size == 0 and root != EMPTY_ROOT:
+        return (
+            f'a tree of size 0 has the root SHA-256("") = {EMPTY_ROOT.hex()} '
+            f"(RFC 6962 section 2.1), not {root.hex()}"
+        )
+    return None
 
 
 def leaf_hash(leaf_input: bytes) -> bytes:
@@ -272,11 +292,19 @@ def verify_inclusion(
 def verify_consistency(
     old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
 ) -> None:
-    """Raise ProofError unless `proof` shows the tree of `old_size` is a prefix of `new_size`."""
+    """Raise ProofError unless `proof` shows the tree of `old_size` is a prefix of `new_size`.
+
+    RFC 9162 section 2.1.4.2; a size-0 side must carry the empty-tree root (see
+    `empty_root_error`), since the RFC's proof from the empty tree is empty and so checks
+    nothing of the old root by itself.
+    """
     if not 0 <= old_size <= new_size:
         raise ProofError(f"tree size went down from {old_size} to {new_size}")
     _check_hash("old root", old_root)
     _check_hash("new root", new_root)
+    for side, size, root in (("old", old_size, old_root), ("new", new_size, new_root)):
+        if problem := empty_root_error(size, root):
+            raise ProofError(f"{side} root: {problem}")
     if old_size == new_size:
         if proof:
             raise ProofError("consistency proof between equal sizes must be empty")

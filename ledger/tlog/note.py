@@ -9,6 +9,12 @@ C2SP `signed-note` and `tlog-checkpoint`):
 - checkpoint body: `<origin>\\n<size>\\n<base64(root)>\\n`; the signed note is the body, a
   blank line, then `— <name> <base64(keyhash || signature over the body)>\\n` per signature.
 
+A note may carry several signatures (C2SP signed-note, "Format": one or more signature lines),
+which is how a log hands over from one key to the next: the checkpoint signed at the handover
+carries both the retiring and the new key's signature. Opening a note takes a *set* of known
+keys, as the spec's "Signatures" section has it: signatures by other keys are ignored, every
+signature by a known key (name and key ID both matching) must verify, and at least one must.
+
 Pure: the standard library and `cryptography`; no file, no database. One signature or one
 verification is one Ed25519 operation (tens of microseconds).
 """
@@ -17,7 +23,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from hashlib import sha256
 
 from cryptography.exceptions import InvalidSignature
@@ -25,27 +32,34 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ledger.errors import ConfigError, VerificationError
+from ledger.tlog.merkle import empty_root_error
 
 __all__ = [
     "ALG_ED25519",
     "DEFAULT_KEY_NAME",
+    "MAX_SIGNATURES",
     "SIG_PREFIX",
     "Checkpoint",
     "Signer",
     "Verifier",
     "check_name",
+    "check_origin",
     "checkpoint_body",
     "key_hash",
+    "key_id",
     "note_signers",
     "open_checkpoint",
     "open_note",
     "parse_body",
     "sign_note",
+    "verify_note",
 ]
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "
 DEFAULT_KEY_NAME = "agent-ledger"
+#: C2SP signed-note: verifiers SHOULD bound the number of signatures and MUST accept 16.
+MAX_SIGNATURES = 64
 
 
 def _b64(data: bytes) -> str:
@@ -70,7 +84,14 @@ def check_name(name: str) -> str:
 
 
 def key_hash(name: str, public: bytes) -> bytes:
+    """C2SP signed-note key ID of an Ed25519 key: SHA-256(name || 0x0A || 0x01 || key)[:4]."""
     return sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public).digest()[:4]
+
+
+def key_id(name: str, khash: bytes) -> str:
+    """How a key is named to people: `name+keyhash` (hex), the (name, key ID) pair that C2SP
+    signed-note says identifies a key; also the first two fields of its verifier key."""
+    return f"{name}+{khash.hex()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +105,11 @@ class Verifier:
     @property
     def text(self) -> str:
         return f"{self.name}+{self.hash.hex()}+{_b64(bytes([ALG_ED25519]) + self.public)}"
+
+    @property
+    def id(self) -> str:
+        """`name+keyhash`: the key as messages and reports name it (see `key_id`)."""
+        return key_id(self.name, self.hash)
 
     @classmethod
     def parse(cls, text: str) -> Verifier:
@@ -157,16 +183,26 @@ class Signer:
 # -- signed notes --------------------------------------------------------------------------------
 
 
-def sign_note(body: str, signer: Signer) -> str:
-    """The C2SP signed note of `body` (which must end in a newline) with one signature."""
+def sign_note(body: str, signers: Signer | Sequence[Signer]) -> str:
+    """The C2SP signed note of `body` (which must end in a newline) with one signature line per
+    signer, in the order given (C2SP signed-note, "Format" and "Signatures")."""
     if not body.endswith("\n") or "\n\n" in body:
         raise ValueError("note body must end in a newline and hold no blank line")
-    sig = signer.sign(body.encode())
-    return f"{body}\n{SIG_PREFIX}{signer.name} {_b64(signer.verifier.hash + sig)}\n"
+    keys = [signers] if isinstance(signers, Signer) else list(signers)
+    if not keys:
+        raise ConfigError("a signed note needs at least one signing key")
+    ids = [k.verifier.id for k in keys]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"the same signing key was given twice ({', '.join(ids)})")
+    lines = []
+    for key in keys:
+        sig = key.sign(body.encode())
+        lines.append(f"{SIG_PREFIX}{key.name} {_b64(key.verifier.hash + sig)}\n")
+    return f"{body}\n{''.join(lines)}"
 
 
-def open_note(text: str, verifier: Verifier) -> str:
-    """The body of a signed note, if `verifier`'s signature on it is valid; else raise."""
+def _split_note(text: str) -> tuple[str, list[tuple[str, bytes, bytes]]]:
+    """(body, [(name, key ID, signature)]) of a signed note; raise if it is malformed."""
     if not text.endswith("\n"):
         raise VerificationError("signed note does not end in a newline")
     if any(ord(c) < 0x20 and c != "\n" for c in text):
@@ -177,8 +213,7 @@ def open_note(text: str, verifier: Verifier) -> str:
     body, sig_block = text[: split + 1], text[split + 2 :]
     if not body.strip():
         raise VerificationError("signed note has an empty body")
-    signers = []
-    matched = False
+    sigs = []
     for line in sig_block.splitlines():
         if not line.startswith(SIG_PREFIX):
             raise VerificationError(f"malformed signature line {line[:40]!r}")
@@ -186,22 +221,50 @@ def open_note(text: str, verifier: Verifier) -> str:
         raw = _unb64(b64, f"signature of {name!r}")
         if not name or len(raw) < 5:
             raise VerificationError(f"malformed signature line {line[:40]!r}")
-        signers.append(f"{name}+{raw[:4].hex()}")
-        if name == verifier.name and raw[:4] == verifier.hash:
-            if not verifier.verify(body.encode(), raw[4:]):
-                raise VerificationError(
-                    f"signature by {verifier.name}+{verifier.hash.hex()} is invalid "
-                    "(forged, or the note was altered)"
-                )
-            matched = True
-    if not signers:
+        sigs.append((name, raw[:4], raw[4:]))
+    if not sigs:
         raise VerificationError("signed note has no signature lines")
-    if not matched:
+    if len(sigs) > MAX_SIGNATURES:
         raise VerificationError(
-            f"note is not signed by {verifier.name}+{verifier.hash.hex()} "
-            f"(signed by {', '.join(signers)})"
+            f"signed note has {len(sigs)} signatures (at most {MAX_SIGNATURES})"
         )
-    return body
+    return body, sigs
+
+
+def verify_note(
+    text: str, verifiers: Verifier | Iterable[Verifier]
+) -> tuple[str, tuple[Verifier, ...]]:
+    """(body, the known keys whose signatures verified) of a signed note; else raise.
+
+    C2SP signed-note, "Signatures": a signature whose key name and key ID do not both match a
+    known key is ignored; one that does must verify (else the whole note is rejected); and the
+    note is rejected unless at least one known key's signature verifies.
+    """
+    known = [verifiers] if isinstance(verifiers, Verifier) else list(verifiers)
+    if not known:
+        raise ConfigError("no key to check the signed note with")
+    body, sigs = _split_note(text)
+    good: dict[str, Verifier] = {}
+    for name, khash, sig in sigs:
+        for v in known:
+            if (v.name, v.hash) != (name, khash):
+                continue
+            if not v.verify(body.encode(), sig):
+                raise VerificationError(
+                    f"signature by {v.id} is invalid (forged, or the note was altered)"
+                )
+            good[v.id] = v
+    if not good:
+        wanted = ", ".join(v.id for v in known)
+        signed = ", ".join(key_id(name, khash) for name, khash, _ in sigs)
+        raise VerificationError(f"note is not signed by {wanted} (signed by {signed})")
+    return body, tuple(good.values())
+
+
+def open_note(text: str, verifiers: Verifier | Iterable[Verifier]) -> str:
+    """The body of a signed note, if it verifies with the known keys `verifiers` (see
+    `verify_note`); else raise."""
+    return verify_note(text, verifiers)[0]
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -209,22 +272,37 @@ def open_note(text: str, verifier: Verifier) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """A verified (or freshly signed) checkpoint and its note text."""
+    """A verified (or freshly signed) checkpoint and its note text; `signers` are the keys
+    whose signatures on it were verified (or made), not part of its identity."""
 
     origin: str
     size: int
     root: bytes
     note: str
+    signers: tuple[Verifier, ...] = field(default=(), compare=False)
+
+
+def check_origin(origin: str) -> str:
+    """C2SP tlog-checkpoint, "Note text": the origin is the first line, non-empty."""
+    if not origin or "\n" in origin or any(ord(c) < 0x20 for c in origin):
+        raise ConfigError(f"origin {origin!r} must be one non-empty line")
+    return origin
 
 
 def checkpoint_body(origin: str, size: int, root: bytes) -> str:
-    if not origin or "\n" in origin:
-        raise ConfigError(f"origin {origin!r} must be one non-empty line")
+    """The tlog-checkpoint note text: origin, tree size, base64 root hash, one per line."""
+    check_origin(origin)
+    if problem := empty_root_error(size, root):
+        raise VerificationError(f"refusing to sign a checkpoint: {problem}")
     return f"{origin}\n{size}\n{_b64(root)}\n"
 
 
 def parse_body(body: str) -> tuple[str, int, bytes]:
-    """(origin, size, root) of a tlog-checkpoint body; extension lines are allowed and ignored."""
+    """(origin, size, root) of a tlog-checkpoint body; extension lines are allowed and ignored.
+
+    C2SP tlog-checkpoint, "Note text": decimal size without leading zeros, base64 32-byte root;
+    a size-0 checkpoint must carry the empty-tree root (`merkle.empty_root_error`).
+    """
     lines = body.split("\n")
     if len(lines) < 4 or not lines[0]:
         raise VerificationError("checkpoint body is not origin / size / root hash lines")
@@ -238,17 +316,23 @@ def parse_body(body: str) -> tuple[str, int, bytes]:
     root = _unb64(root_text, "checkpoint root hash")
     if len(root) != 32:
         raise VerificationError(f"checkpoint root hash is {len(root)} bytes, not 32")
-    return origin, int(size_text), root
+    size = int(size_text)
+    if problem := empty_root_error(size, root):
+        raise VerificationError(f"checkpoint root hash: {problem}")
+    return origin, size, root
 
 
-def open_checkpoint(text: str, verifier: Verifier) -> Checkpoint:
-    """Verify the signature and parse the body of a checkpoint note."""
-    origin, size, root = parse_body(open_note(text, verifier))
-    return Checkpoint(origin, size, root, text)
+def open_checkpoint(text: str, verifiers: Verifier | Iterable[Verifier]) -> Checkpoint:
+    """Verify the signatures (`verify_note`) and parse the body (`parse_body`) of a checkpoint
+    note; the result names the known keys that signed it."""
+    body, signers = verify_note(text, verifiers)
+    origin, size, root = parse_body(body)
+    return Checkpoint(origin, size, root, text, signers)
 
 
 def note_signers(text: str) -> list[tuple[str, bytes]]:
-    """(name, key hash) of each signature line, unverified: to pick a key from a key ring."""
+    """(name, key hash) of each signature line, unverified: to pick a key from a key ring, or
+    to name the keys of a note none of whose keys is known."""
     out = []
     for line in text[text.rfind("\n\n") + 2 :].splitlines():
         if line.startswith(SIG_PREFIX):

@@ -118,3 +118,181 @@ def test_usage_errors_are_one_line(setup: dict[str, Path]) -> None:
     unknown = run("prove", "nope", "--db", db, "--out", d / "x.json")
     assert unknown.output == "error: no event 'nope' in the ledger\n"
     assert run("verify-proof", d / "absent.json").exit_code == 1
+
+
+def test_checkpoint_show_prints_the_latest_without_signing(setup: dict[str, Path]) -> None:
+    db, keys = setup["db"], setup["keys"]
+    none = run("checkpoint", "--show", "--db", db)
+    assert none.exit_code == 1
+    assert none.output == (
+        f"error: no checkpoint is stored in {db} (sign one with `ledger checkpoint --key FILE`)\n"
+    )
+    assert run("checkpoint", "--db", db, "--key", keys / "ledger.key").exit_code == 0
+    vkey = (keys / "ledger.vkey").read_text().strip()
+    key_id = "+".join(vkey.split("+")[:2])
+    text = run("checkpoint", "--show", "--db", db)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("checkpoint #1 of agent-ledger/ledger: 20 entries, root ")
+    assert lines[1] == f"signed by {key_id} (verified)"
+    assert lines[2].startswith("created at ")
+    assert "\n".join(lines[4:]).startswith("agent-ledger/ledger\n20\n")
+    shown = json.loads(run("checkpoint", "--show", "--db", db, "--json").stdout)
+    assert (shown["n"], shown["size"], shown["origin"]) == (1, 20, "agent-ledger/ledger")
+    assert shown["signers"] == [
+        {"name": "agent-ledger", "key_hash": key_id.split("+")[1], "key_id": key_id,
+         "verified": True}
+    ]  # fmt: skip
+    assert run("checkpoint", "--show", "--db", db, "--key", keys / "ledger.key").exit_code == 1
+    again = json.loads(run("checkpoint", "--show", "--db", db, "--json").stdout)
+    assert again["n"] == 1  # nothing was signed by showing
+
+
+def test_prove_consistency_between_any_sizes(setup: dict[str, Path]) -> None:
+    db, keys, d = setup["db"], setup["keys"], setup["dir"]
+    vkey = keys / "ledger.vkey"
+    assert run("ingest", d / "b.jsonl", "--db", db).exit_code == 0  # 30 entries
+    assert run("checkpoint", "--db", db, "--key", keys / "ledger.key").exit_code == 0
+    for args, sizes in (
+        (["0"], (0, 30)),
+        (["0", "30"], (0, 30)),
+        (["7"], (7, 30)),
+        (["12", "30"], (12, 30)),
+        (["30", "30"], (30, 30)),
+        (["5", "--to", "30"], (5, 30)),
+    ):
+        res = run("prove", "--consistency", *args, "--db", db, "--out", d / "c.json")
+        assert res.exit_code == 0, (args, res.output)
+        bundle = json.loads((d / "c.json").read_text())
+        assert (bundle["old_size"], bundle["new_size"]) == sizes
+        assert bundle["new_checkpoint"] is not None
+        assert (bundle["old_checkpoint"] is None) == (sizes[0] != 30)
+        ok = run(
+            "verify-proof", d / "c.json", "--public-key", vkey, "--origin", "agent-ledger/ledger"
+        )
+        assert ok.exit_code == 0, (args, ok.output)
+    res = run("prove", "--consistency", "3", "9", "--db", db)
+    assert res.exit_code == 1
+    assert (
+        "no stored checkpoint of size 3 or 9, so nothing in the proof would be signed" in res.output
+    )
+    assert run("prove", "--consistency", "3", "31", "--db", db).exit_code == 1
+    clash = run("prove", "--consistency", "3", "30", "--to", "20", "--db", db)
+    assert clash.exit_code == 1 and "NEW given twice" in clash.output
+
+
+def test_verify_proof_pins_the_origin_and_takes_several_keys(setup: dict[str, Path]) -> None:
+    """The reported case: a checkpoint of another log, signed by the same key, was accepted."""
+    db, keys, d = setup["db"], setup["keys"], setup["dir"]
+    other_db = d / "other.duckdb"
+    assert run("ingest", d / "b.jsonl", "--db", other_db).exit_code == 0
+    for ledger_db in (db, other_db):
+        assert run("checkpoint", "--db", ledger_db, "--key", keys / "ledger.key").exit_code == 0
+    res = run("prove", "--consistency", "0", "--db", other_db, "--out", d / "other.json")
+    assert res.exit_code == 0
+    vkey = keys / "ledger.vkey"
+    assert run("verify-proof", d / "other.json", "--public-key", vkey).exit_code == 0
+    pinned = run("verify-proof", d / "other.json", "--public-key", vkey,
+                 "--origin", "agent-ledger/ledger", "--json")  # fmt: skip
+    assert pinned.exit_code == 1
+    assert json.loads(pinned.output)["reason"] == (
+        "new_checkpoint is for the log 'agent-ledger/other', not the pinned origin "
+        "'agent-ledger/ledger'"
+    )
+    assert run("keygen", "--out", d / "spare").exit_code == 0
+    two = run("verify-proof", d / "other.json", "--public-key", d / "spare" / "ledger.vkey",
+              "--public-key", vkey, "--json")  # fmt: skip
+    assert two.exit_code == 0, two.output
+    assert json.loads(two.output)["origin"] == "agent-ledger/other"
+
+
+def readme_rotation(setup: dict[str, Path]) -> dict[str, Path]:
+    """The README's "Rotating the signing key", command by command (paths under the test dir)."""
+    db, d = setup["db"], setup["dir"]
+    old = setup["keys"]  # keys/ledger.key: the key in use so far
+    assert run("checkpoint", "--db", db, "--key", old / "ledger.key").exit_code == 0
+    # 1. a new key, in a new directory (never over the old one)
+    new = d / "keys-2026"
+    assert run("keygen", "--out", new, "--name", "agent-ledger-2026").exit_code == 0
+    # a checkpoint with the new key alone is refused: it would break the chain of keys
+    alone = run("checkpoint", "--db", db, "--key", new / "ledger.key")
+    assert alone.exit_code == 1 and "--key OLD --key NEW" in alone.output
+    # 2. the handover: one checkpoint signed by both keys
+    both = run("checkpoint", "--db", db, "--key", old / "ledger.key", "--key", new / "ledger.key",
+               "--out", d / "handover.txt")  # fmt: skip
+    assert both.exit_code == 0, both.output
+    # 3. the old private key is retired; the new key signs alone from now on
+    (old / "ledger.key").unlink()
+    assert run("ingest", d / "b.jsonl", "--db", db).exit_code == 0
+    env = {"LEDGER_KEY": str(new / "ledger.key")}
+    assert run("checkpoint", "--db", db, env=env).exit_code == 0
+    return {"old_vkey": old / "ledger.vkey", "new_vkey": new / "ledger.vkey"}
+
+
+def test_key_rotation_as_the_readme_describes_it(setup: dict[str, Path]) -> None:
+    """The reported case: after `keygen` to a new file, `verify --public-key new.vkey` failed on
+    the old checkpoints, and --public-key given twice kept only the last."""
+    db, d = setup["db"], setup["dir"]
+    keys = readme_rotation(setup)
+    new_only = run("verify", "--db", db, "--public-key", keys["new_vkey"], "--json")
+    assert new_only.exit_code == 0, new_only.output
+    details = json.loads(new_only.output)["checkpoint_details"]
+    assert [(c["n"], c["size"], len(c["signed_by"])) for c in details] == [
+        (1, 20, 1), (2, 20, 2), (3, 30, 1)
+    ]  # fmt: skip
+    assert details[0]["accepted"].startswith("signed by a key that co-signed checkpoint #2")
+    handover = ["verify", "--db", db, "--checkpoint", d / "handover.txt"]
+    assert run(*handover, "--public-key", keys["new_vkey"]).exit_code == 0
+    old_only = run("verify", "--db", db, "--public-key", keys["old_vkey"])
+    assert old_only.exit_code == 1
+    assert "checkpoint #3 (size 30) is signed only by agent-ledger-2026+" in old_only.stderr
+    both = run("verify", "--db", db, "--public-key", keys["old_vkey"],
+               "--public-key", keys["new_vkey"])  # fmt: skip
+    assert both.exit_code == 0, both.output
+    shown = json.loads(run("checkpoint", "--show", "--db", db, "--json").stdout)
+    assert [s["name"] for s in shown["signers"]] == ["agent-ledger-2026"]
+    ids = json.loads((d / "ids.json").read_text())
+    assert run("prove", ids[3], "--db", db, "--out", d / "p.json").exit_code == 0
+    ok = run("verify-proof", d / "p.json", "--public-key", keys["new_vkey"])
+    assert ok.exit_code == 0, ok.output
+    assert run("prove", "--consistency", "20", "--db", db, "--out", d / "c.json").exit_code == 0
+    assert run("verify-proof", d / "c.json", "--public-key", keys["new_vkey"]).exit_code == 0
+
+
+def test_the_audit_notebook_runs_after_a_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reported case: notebooks/audit.ipynb stopped with an AssertionError after a key
+    rotation. Here on a ledger of the demo's events, trusting only the new key."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from ledger.demo import scenario
+
+    monkeypatch.delenv("LEDGER_KEY", raising=False)
+    monkeypatch.delenv("LEDGER_ORIGIN", raising=False)
+    db = tmp_path / "demo-ledger.duckdb"
+    events = scenario.events()
+    write_jsonl(tmp_path / "a.jsonl", events[:250])
+    write_jsonl(tmp_path / "b.jsonl", events[250:])
+    assert run("ingest", tmp_path / "a.jsonl", "--db", db).exit_code == 0
+    keys = tmp_path / "demo-ledger-keys"
+    assert run("keygen", "--out", keys, "--name", "agent-ledger-demo").exit_code == 0
+    assert run("checkpoint", "--db", db, "--key", keys / "ledger.key").exit_code == 0
+    assert run("keygen", "--out", keys / "2026", "--name", "agent-ledger-demo-2026").exit_code == 0
+    handover = run("checkpoint", "--db", db, "--key", keys / "ledger.key",
+                   "--key", keys / "2026" / "ledger.key")  # fmt: skip
+    assert handover.exit_code == 0, handover.output
+    (keys / "ledger.key").unlink()
+    assert run("ingest", tmp_path / "b.jsonl", "--db", db).exit_code == 0
+    assert run("checkpoint", "--db", db, "--key", keys / "2026" / "ledger.key").exit_code == 0
+    monkeypatch.setenv("LEDGER_DB", str(db))
+    monkeypatch.setenv("LEDGER_PUBLIC_KEYS", str(keys / "2026" / "ledger.vkey"))
+    path = Path(__file__).resolve().parents[2] / "notebooks" / "audit.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "trusted key: agent-ledger-demo-2026+" in out
+    assert "signed by a key that co-signed checkpoint #2 with a trusted key" in out
+    assert "first bad seq: 100" in out

@@ -54,3 +54,29 @@ def test_consume_without_key_makes_no_checkpoint(
     with Store.open(db_path, read_only=True) as store:
         assert stored(store.con) == []
         assert store.size() == 1
+
+
+def test_consume_signs_the_tail_on_a_clean_exit(
+    broker: EmbeddedBroker, topic: str, tmp_path: Path, db_path: Path
+) -> None:
+    """The reported case: `consume --key` left the entries after its last checkpoint unsigned
+    at exit. With the timer off, only the count rule and the exit sign; `--origin` names the
+    log the consumer creates."""
+    key, vkey = write_keypair(tmp_path / "keys")
+    produce(broker.bootstrap_servers, topic, [wire(f.principal(f"agent:{i}")) for i in range(130)])
+    done = subprocess.run(
+        [sys.executable, "-m", "ledger", "consume", "-b", broker.bootstrap_servers,
+         "--topic", topic, "--db", str(db_path), "--until-idle", "2", "--batch-size", "50",
+         "--key", str(key), "--checkpoint-every", "100", "--checkpoint-interval", "0",
+         "--origin", "corp.example/consumed"],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Store.open(db_path, read_only=True) as store:
+        history = stored(store.con)
+        assert store.origin() == "corp.example/consumed"
+    assert history[-1].size == 130, [cp.size for cp in history]  # the tail, signed on exit
+    assert all(cp.size >= 100 for cp in history)  # before it, only the count rule signed
+    assert {cp.origin for cp in history} == {"corp.example/consumed"}
+    verified = CliRunner().invoke(cli, ["verify", "--db", str(db_path), "--public-key", str(vkey)])
+    assert verified.exit_code == 0, verified.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -40,7 +41,7 @@ def test_bad_lines_are_quarantined_exit_3(tmp_path: Path, db_path: Path) -> None
     result = CliRunner().invoke(cli, ["ingest", str(path), "--db", str(db_path)])
     assert result.exit_code == 3, result.output
     assert "3 appended, 0 duplicates, 2 quarantined" in result.stdout
-    assert "SELECT source, reason FROM quarantine" in result.stderr
+    assert "ledger quarantine --db" in result.stderr
     con = duckdb.connect(str(db_path), read_only=True)
     rows = con.execute("SELECT source, reason FROM quarantine ORDER BY source").fetchall()
     con.close()
@@ -97,3 +98,53 @@ def test_python_m_ledger_exit_codes(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == ["error: no such file: missing.jsonl"]
     assert not (tmp_path / "ledger.duckdb").exists()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dup_2() -> list[dict[str, object]]:
+    """The reported case: `dup-2` sent three times, as three different events."""
+    return [
+        f.action("a-1", "agent:p", operation="crm:read", event_id="dup-2"),
+        f.action("a-2", "agent:p", operation="hr:delete", resource="hr/all", event_id="dup-2"),
+        f.retired("agent:p", event_id="dup-2"),
+    ]
+
+
+@pytest.mark.parametrize("batch_size", ["10000", "1"], ids=["one batch", "one event per batch"])
+def test_conflicting_duplicates_are_quarantined_exit_3(
+    tmp_path: Path, db_path: Path, batch_size: str
+) -> None:
+    """Regression: this was "2 duplicates, 0 quarantined", exit 0, the bytes recorded nowhere."""
+    path = write_jsonl(tmp_path / "dup2.jsonl", dup_2())
+    args = ["ingest", str(path), "--db", str(db_path), "--batch-size", batch_size]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3, result.output
+    assert "1 appended, 0 duplicates, 2 quarantined" in result.stdout
+    con = duckdb.connect(str(db_path), read_only=True)
+    rows = con.execute("SELECT source, reason, raw FROM quarantine ORDER BY rowid").fetchall()
+    ((stored,),) = con.execute("SELECT payload FROM entries WHERE event_id = 'dup-2'").fetchall()
+    con.close()
+    assert [s for s, _, _ in rows] == [f"file:{path}:2", f"file:{path}:3"]
+    for _, reason, raw in rows:
+        assert reason == (
+            f"conflicting duplicate of seq 0: stored payload sha256 {sha(stored)}, "
+            f"received sha256 {sha(raw)}"
+        )
+    assert rows[0][2] != rows[1][2] != stored
+    assert b"hr/all" in rows[0][2] and b"principal.retired" in rows[1][2]
+
+    again = CliRunner().invoke(cli, [*args, "--json"])  # a replay: the exact copy is a duplicate
+    assert again.exit_code == 3, again.output
+    summary = json.loads(again.stdout)
+    assert (summary["appended"], summary["duplicates"], summary["quarantined"]) == (0, 1, 2)
+
+
+def test_exact_repeats_are_silent_duplicates_exit_0(tmp_path: Path, db_path: Path) -> None:
+    ev = dup_2()[0]
+    path = write_jsonl(tmp_path / "same.jsonl", [ev, ev, dict(reversed(list(ev.items())))])
+    result = CliRunner().invoke(cli, ["ingest", str(path), "--db", str(db_path)])
+    assert result.exit_code == 0, result.output
+    assert "1 appended, 2 duplicates, 0 quarantined" in result.stdout

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
-from ledger.errors import ConfigError, StoreError, VerificationError
+from ledger.errors import ConfigError, NotFoundError, StoreError, VerificationError
 from ledger.integrity import checkpoint as ckpt
 from ledger.integrity.checkpoint import Checkpointer
 from ledger.store import Store, checkpoints, treestore
@@ -116,14 +118,15 @@ def test_create_stores_signs_and_is_deterministic(db_path: Path) -> None:
     signer = Signer.generate()
     with Store.open(db_path) as store:
         store.append(incoming(10))
-        cp = ckpt.create(store, signer, "agent-ledger/test")
+        cp = ckpt.create(store, signer)
         assert (cp.size, cp.root) == (10, treestore.read_head(store.con).root)
+        assert cp.origin == "agent-ledger/ledger"  # the ledger's own, fixed at creation
         assert signed_note.open_checkpoint(cp.note, signer.verifier) == cp
-        again = ckpt.create(store, signer, "agent-ledger/test")
+        again = ckpt.create(store, signer, "agent-ledger/ledger")
         assert again.note == cp.note
         assert len(checkpoints.stored(store.con)) == 1
         store.append(incoming(3, "b"))
-        ckpt.create(store, signer, "agent-ledger/test")
+        ckpt.create(store, signer)
         rows = checkpoints.stored(store.con)
         assert [(r.n, r.size) for r in rows] == [(1, 10), (2, 13)]
         assert rows[1].vkey == signer.verifier.text
@@ -134,15 +137,15 @@ def test_create_refuses_a_shrunk_or_rewritten_ledger(db_path: Path) -> None:
     signer = Signer.generate()
     with Store.open(db_path) as store:
         store.append(incoming(20))
-        ckpt.create(store, signer, "o")
+        ckpt.create(store, signer)
         store.con.execute("UPDATE checkpoints SET size = 25")
         with pytest.raises(VerificationError, match="already covered 25"):
-            ckpt.create(store, signer, "o")
+            ckpt.create(store, signer)
         store.con.execute("UPDATE checkpoints SET size = 20, root = ?", [bytes(32)])
         with pytest.raises(VerificationError, match="rewritten"):
-            ckpt.create(store, signer, "o")
+            ckpt.create(store, signer)
     with Store.open(db_path, read_only=True) as store, pytest.raises(StoreError):
-        ckpt.create(store, signer, "o")
+        ckpt.create(store, signer)
 
 
 def test_resolve_uses_flags_then_environment(
@@ -152,12 +155,18 @@ def test_resolve_uses_flags_then_environment(
     monkeypatch.delenv("LEDGER_KEY", raising=False)
     monkeypatch.delenv("LEDGER_ORIGIN", raising=False)
     with pytest.raises(ConfigError, match="LEDGER_KEY"):
-        ckpt.resolve(None, None, "x/audit.duckdb")
+        ckpt.resolve(None, None)
     monkeypatch.setenv("LEDGER_KEY", str(key))
-    assert ckpt.resolve(None, None, "x/audit.duckdb")[1] == "agent-ledger/audit"
+    signers, origin = ckpt.resolve(None, None)
+    assert [s.verifier for s in signers] == [ckpt.load_verifier(str(key.with_suffix(".vkey")))]
+    assert origin is None  # none given: the ledger's own is used when signing
     monkeypatch.setenv("LEDGER_ORIGIN", "corp.example/ledger")
-    assert ckpt.resolve(None, None, "x/audit.duckdb")[1] == "corp.example/ledger"
-    assert ckpt.resolve(None, "flag/origin", "x/audit.duckdb")[1] == "flag/origin"
+    assert ckpt.resolve(None, None)[1] == "corp.example/ledger"
+    assert ckpt.resolve(None, "flag/origin")[1] == "flag/origin"
+    other, _ = ckpt.write_keypair(tmp_path / "other")
+    assert len(ckpt.resolve([str(key), str(other)], None)[0]) == 2  # flags win over LEDGER_KEY
+    with pytest.raises(ConfigError, match="given twice"):
+        ckpt.resolve([str(key), str(key)], None)
 
 
 class Clock:
@@ -172,7 +181,8 @@ def test_checkpointer_by_count_by_time_and_when_idle(db_path: Path) -> None:
     clock = Clock()
     events = incoming(30)
     with Store.open(db_path) as store:
-        cpr = Checkpointer(Signer.generate(), "o", every_entries=10, every_seconds=60, clock=clock)
+        signer = Signer.generate()
+        cpr = Checkpointer(signer, None, every_entries=10, every_seconds=60, clock=clock)
         assert cpr.maybe_checkpoint(store, idle=True) is None  # nothing to sign
         store.append(events[:4])
         assert cpr.maybe_checkpoint(store) is None  # 4 < 10 and not yet 60 s
@@ -189,8 +199,159 @@ def test_checkpointer_by_count_by_time_and_when_idle(db_path: Path) -> None:
         assert cpr.maybe_checkpoint(store, idle=True) is None  # idle, nothing pending
         assert [r.size for r in checkpoints.stored(store.con)] == [12, 15]
         # a new Checkpointer (a restarted consumer) counts from the last stored checkpoint
-        fresh = Checkpointer(Signer.generate(), "o", every_entries=10, every_seconds=0, clock=clock)
+        fresh = Checkpointer(signer, None, every_entries=10, every_seconds=0, clock=clock)
         store.append(events[15:24])
         assert fresh.maybe_checkpoint(store) is None
         store.append(events[24:25])
         assert fresh.maybe_checkpoint(store) is not None
+
+
+# -- the origin: fixed when the ledger is created ----------------------------------------------
+
+
+def test_the_origin_is_fixed_at_creation_and_kept_by_a_renamed_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGER_ORIGIN", raising=False)
+    signer = Signer.generate()
+    first = tmp_path / "audit.duckdb"
+    with Store.open(first) as store:
+        assert store.origin() == checkpoints.ledger_origin(store) == "agent-ledger/audit"
+        store.append(incoming(5))
+        assert ckpt.create(store, signer).origin == "agent-ledger/audit"
+    copy = tmp_path / "copy-of-audit.duckdb"
+    shutil.copy(first, copy)
+    with Store.open(copy) as store:  # writable: nothing is rewritten
+        store.append(incoming(2, "b"))
+        assert ckpt.create(store, signer).origin == "agent-ledger/audit"
+        with pytest.raises(ConfigError, match=r"origin is 'agent-ledger/audit'"):
+            ckpt.create(store, signer, "agent-ledger/copy-of-audit")
+    monkeypatch.setenv("LEDGER_ORIGIN", "corp.example/ledger")
+    with Store.open(tmp_path / "new.duckdb") as store:
+        assert checkpoints.ledger_origin(store) == "corp.example/ledger"
+    with Store.open(copy, read_only=True) as store:  # an env origin changes no existing ledger
+        assert checkpoints.ledger_origin(store) == "agent-ledger/audit"
+
+
+def test_a_ledger_made_before_origins_were_recorded(tmp_path: Path) -> None:
+    """No recorded origin: its first checkpoint's origin, else the file stem; written on the
+    next writable open."""
+    signer = Signer.generate()
+    path = tmp_path / "old.duckdb"
+    with Store.open(path) as store:
+        store.append(incoming(3))
+        store.con.execute("UPDATE ledger_meta SET value = 'legacy/log' WHERE key = 'origin'")
+        ckpt.create(store, signer)
+        store.con.execute("DELETE FROM ledger_meta WHERE key = 'origin'")
+    renamed = tmp_path / "renamed.duckdb"
+    path.rename(renamed)
+    with Store.open(renamed, read_only=True) as store:
+        assert store.origin() is None
+        assert checkpoints.ledger_origin(store) == "legacy/log"
+    with Store.open(renamed) as store:
+        assert store.origin() == "legacy/log"
+    bare = tmp_path / "bare.duckdb"
+    with Store.open(bare) as store:
+        store.con.execute("DELETE FROM ledger_meta WHERE key = 'origin'")
+    with Store.open(bare, read_only=True) as store:
+        assert checkpoints.ledger_origin(store) == "agent-ledger/bare"
+
+
+def test_claiming_an_origin_only_for_a_new_ledger(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        checkpoints.claim_origin(store, "corp.example/x")
+        assert store.origin() == "corp.example/x"
+        store.append(incoming(1))
+        with pytest.raises(StoreError, match="origin is fixed"):
+            checkpoints.claim_origin(store, "corp.example/y")
+
+
+# -- keys: several at once, handover, rotation ---------------------------------------------------
+
+
+def test_a_checkpoint_signed_by_two_keys_keeps_both(db_path: Path) -> None:
+    old, new = Signer.generate("example.org/old"), Signer.generate("example.org/new")
+    with Store.open(db_path) as store:
+        store.append(incoming(4))
+        ckpt.create(store, old)
+        cp = ckpt.create(store, [old, new])  # the same head, handed over: a new row
+        assert cp.signers == (old.verifier, new.verifier)
+        rows = checkpoints.stored(store.con)
+        assert [(r.n, r.size) for r in rows] == [(1, 4), (2, 4)]
+        assert rows[1].vkeys == [old.verifier.text, new.verifier.text]
+        assert ckpt.create(store, [old, new]).note == rows[1].note  # deterministic
+        assert len(checkpoints.stored(store.con)) == 2
+        store.append(incoming(2, "b"))
+        assert ckpt.create(store, new).size == 6  # new signed the previous one: fine
+
+
+def test_a_new_key_without_the_old_one_is_refused_unless_rotate(db_path: Path) -> None:
+    old, new = Signer.generate("example.org/old"), Signer.generate("example.org/new")
+    with Store.open(db_path) as store:
+        store.append(incoming(4))
+        ckpt.create(store, old)
+        store.append(incoming(1, "b"))
+        why = rf"signed by {re.escape(old.verifier.id)}, not by"
+        with pytest.raises(ConfigError, match=why) as exc:
+            ckpt.create(store, new)
+        assert "--key OLD --key NEW" in str(exc.value) and "--rotate" in str(exc.value)
+        assert len(checkpoints.stored(store.con)) == 1
+        assert ckpt.create(store, new, rotate=True).signers == (new.verifier,)
+
+
+def test_latest_checkpoint_is_shown_without_signing(db_path: Path) -> None:
+    old, new = Signer.generate("example.org/old"), Signer.generate("example.org/new")
+    with Store.open(db_path) as store:
+        with pytest.raises(NotFoundError, match="no checkpoint is stored"):
+            ckpt.latest_checkpoint(store)
+        store.append(incoming(4))
+        ckpt.create(store, old)
+        ckpt.create(store, [old, new])
+    with Store.open(db_path, read_only=True) as store:
+        shown = ckpt.latest_checkpoint(store)
+    assert (shown.n, shown.size, shown.origin) == (2, 4, "agent-ledger/ledger")
+    assert [(s.id, s.verified) for s in shown.signers] == [
+        (old.verifier.id, True),
+        (new.verifier.id, True),
+    ]
+    as_dict = shown.to_dict()
+    assert as_dict["signers"][1]["key_hash"] == new.verifier.hash.hex()
+    assert as_dict["note"].startswith("agent-ledger/ledger\n4\n") and as_dict["created_at"]
+
+
+def test_the_checkpointer_signs_the_tail_when_asked(db_path: Path) -> None:
+    signer = Signer.generate()
+    with Store.open(db_path) as store:
+        cpr = Checkpointer(signer, None, every_entries=100, every_seconds=0, clock=Clock())
+        assert cpr.final_checkpoint(store) is None  # nothing appended: nothing to sign
+        store.append(incoming(7))
+        assert cpr.maybe_checkpoint(store) is None  # no rule is due
+        tail = cpr.final_checkpoint(store)
+        assert tail is not None and tail.size == 7
+        assert cpr.final_checkpoint(store) is None  # it did not move since
+        assert [r.size for r in checkpoints.stored(store.con)] == [7]
+
+
+def test_the_consumers_checkpointer_checks_key_and_origin_before_consuming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.config import load
+
+    monkeypatch.delenv("LEDGER_ORIGIN", raising=False)
+    monkeypatch.delenv("LEDGER_KEY", raising=False)
+    old_key, _ = ckpt.write_keypair(tmp_path / "old")
+    new_key, _ = ckpt.write_keypair(tmp_path / "new", name="agent-ledger-2")
+    db = tmp_path / "fresh.duckdb"
+    # a ledger that does not exist yet is created with the origin given
+    settings = load(db=str(db), key=str(old_key), origin="corp.example/fresh")
+    Checkpointer.from_settings(settings, 10, 0)
+    with Store.open(db) as store:
+        assert store.origin() == "corp.example/fresh"
+        store.append(incoming(3))
+        ckpt.create(store, ckpt.load_signer(old_key))
+    with pytest.raises(ConfigError, match=r"origin is 'corp\.example/fresh'"):
+        Checkpointer.from_settings(load(db=str(db), key=str(old_key), origin="other/o"), 10, 0)
+    with pytest.raises(ConfigError, match="--rotate"):
+        Checkpointer.from_settings(load(db=str(db), key=str(new_key)), 10, 0)
+    both = Checkpointer.from_settings(load(db=str(db)), 10, 0, keys=[str(old_key), str(new_key)])
+    assert len(both.signers) == 2

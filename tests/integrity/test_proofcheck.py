@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import copy
 import json
 from pathlib import Path
@@ -25,8 +26,8 @@ def test_imports_nothing_from_the_ledger_package() -> None:
             modules |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             modules.add((node.module or "").split(".")[0])
-    assert modules <= {"__future__", "base64", "binascii", "json", "re", "dataclasses",
-                       "hashlib", "typing", "cryptography"}  # fmt: skip
+    assert modules <= {"__future__", "base64", "binascii", "collections", "json", "re",
+                       "dataclasses", "hashlib", "typing", "cryptography"}  # fmt: skip
 
 
 def test_rfc_vectors_through_its_own_verification_code() -> None:
@@ -121,3 +122,96 @@ def test_check_file_errors(tmp_path: Path) -> None:
     bad.write_text(json.dumps([1]))
     with pytest.raises(ProofCheckError, match="not a JSON object"):
         check_file(str(bad))
+
+
+# -- key sets, origin pinning, consistency bundles with one side unsigned ------------------------
+
+
+def consistency(
+    signers: list[Signer], old: int, new: int, signed: tuple[str, ...] = ("old", "new"),
+    origin: str = "example.org/log",
+) -> dict[str, Any]:  # fmt: skip
+    """A consistency bundle over synthetic leaves; `signed` sides carry a checkpoint."""
+    from ledger.tlog import note as signed_note
+
+    hashes = [merkle.leaf_hash(bytes([i])) for i in range(new)]
+    roots = {old: merkle.root(hashes[:old]), new: merkle.root(hashes)}
+
+    def note(size: int) -> str:
+        return signed_note.sign_note(
+            signed_note.checkpoint_body(origin, size, roots[size]), signers
+        )
+
+    keys = [s.verifier.text for s in signers]
+    return {
+        "old_size": old,
+        "new_size": new,
+        "old_root": roots[old].hex(),
+        "new_root": roots[new].hex(),
+        "proof": [h.hex() for h in merkle.consistency_proof(hashes, old, new)],
+        "old_checkpoint": note(old) if "old" in signed else None,
+        "new_checkpoint": note(new) if "new" in signed else None,
+        "public_key": keys[0] if len(keys) == 1 else keys,
+    }
+
+
+def test_a_pinned_key_set_and_a_bundle_signed_by_several_keys() -> None:
+    old, new = Signer.generate("example.org/log"), Signer.generate("example.org/log-2")
+    b = consistency([old, new], 3, 9)
+    both = [old.verifier.text, new.verifier.text]
+    for pinned in ([old.verifier.text], [new.verifier.text], both):
+        result = check_bundle(b, pinned)
+        assert result.pinned and result.origin == "example.org/log"
+    assert check_bundle(b, [new.verifier.text]).signers == (new.verifier.id,)
+    assert set(check_bundle(b).signers) == {old.verifier.id, new.verifier.id}
+    stranger = Signer.generate("example.org/log")
+    with pytest.raises(ProofCheckError, match="none of the bundle's public keys is among"):
+        check_bundle(b, [stranger.verifier.text, Signer.generate("x").verifier.text])
+    only_old = consistency([old], 3, 9)
+    with pytest.raises(ProofCheckError, match="not the pinned key"):
+        check_bundle(only_old, new.verifier.text)
+
+
+def test_the_origin_can_be_pinned() -> None:
+    key = Signer.generate("example.org/keys")
+    other_log = consistency([key], 2, 5, origin="example.org/other")
+    assert check_bundle(other_log, key.verifier.text).origin == "example.org/other"
+    with pytest.raises(ProofCheckError, match=r"not the pinned origin 'example\.org/log'"):
+        check_bundle(other_log, key.verifier.text, origin="example.org/log")
+    inclusion = make_bundle(key)
+    check_bundle(inclusion, key.verifier.text, origin="example.org/log")
+    with pytest.raises(ProofCheckError, match=r"checkpoint is for the log 'example\.org/log'"):
+        check_bundle(inclusion, key.verifier.text, origin="example.org/mine")
+
+
+def test_one_side_may_be_unsigned_and_is_said_so_but_not_both() -> None:
+    key = Signer.generate("example.org/log")
+    result = check_bundle(consistency([key], 3, 9, signed=("new",)), key.verifier.text)
+    assert "the old root" in result.summary and "at size 3 is not signed" in result.summary
+    result = check_bundle(consistency([key], 3, 9, signed=("old",)), key.verifier.text)
+    assert "the new root" in result.summary and "at size 9 is not signed" in result.summary
+    with pytest.raises(ProofCheckError, match="nothing in the bundle is signed"):
+        check_bundle(consistency([key], 3, 9, signed=()), key.verifier.text)
+    forged = consistency([key], 3, 9, signed=("new",))
+    forged["old_root"] = forged["new_root"]  # an unsigned root still has to fit the proof
+    with pytest.raises(ProofCheckError):
+        check_bundle(forged, key.verifier.text)
+
+
+def test_a_size_0_side_must_carry_the_empty_root() -> None:
+    """The reported case: a signed size-0 checkpoint with another root was accepted."""
+    from ledger.tlog import note as signed_note
+
+    key = Signer.generate("example.org/log")
+    good = consistency([key], 0, 4)
+    check_bundle(good, key.verifier.text)
+    wrong = "00" * 32
+    body = f"example.org/log\n0\n{base64.b64encode(bytes(32)).decode()}\n"
+    signed_wrong = dict(good, old_root=wrong, old_checkpoint=signed_note.sign_note(body, key))
+    with pytest.raises(ProofCheckError, match=r"old_checkpoint: a tree of size 0 has the root"):
+        check_bundle(signed_wrong, key.verifier.text)
+    unsigned_wrong = dict(good, old_root=wrong, old_checkpoint=None)
+    with pytest.raises(ProofCheckError, match=r"old_root: a tree of size 0 has the root"):
+        check_bundle(unsigned_wrong, key.verifier.text)
+    zero = consistency([key], 0, 0, signed=("new",))
+    assert check_bundle(zero, key.verifier.text).summary.startswith("example.org/log grew from 0")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from ledger.integrity import proofs
 from ledger.integrity.proofcheck import ProofCheckError, check_bundle
 from ledger.integrity.verify import VerifyReport, verify_store
 from ledger.store import Store, treestore
-from ledger.tlog import chain
+from ledger.tlog import chain, merkle
 from ledger.tlog import note as signed_note
 from ledger.tlog.note import Signer
 from tests.store.test_treestore import incoming
@@ -31,8 +32,12 @@ def signer() -> Signer:
 
 
 @pytest.fixture
-def ledger(db_path: Path, signer: Signer) -> Iterator[tuple[Store, list[str]]]:
-    """40 entries with checkpoints at 20 and 40; yields the store and both notes."""
+def ledger(
+    db_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Store, list[str]]]:
+    """40 entries with checkpoints at 20 and 40; yields the store and both notes. The ledger
+    (and any other created in the test) gets ORIGIN as its origin when it is created."""
+    monkeypatch.setenv("LEDGER_ORIGIN", ORIGIN)
     events = incoming(40)
     store = Store.open(db_path)
     store.append(events[:20])
@@ -150,7 +155,11 @@ def test_forged_signatures(ledger: tuple[Store, list[str]], signer: Signer) -> N
     )
     assert verify_store(store).ok  # self-consistent without a pinned key...
     report = verify_store(store, public_key=signer.verifier.text)  # ...not with one
-    failed(report, None, "checkpoint #1 (size 20) is not signed by the given public key")
+    failed(
+        report,
+        None,
+        f"checkpoint #1 (size 20) is signed only by {mallory.verifier.id}: not a trusted key",
+    )
     report = verify_store(
         store, checkpoint=signed_note.sign_note(body, mallory), public_key=signer.verifier.text
     )
@@ -267,3 +276,113 @@ def test_rechained_edit_is_localized_to_its_merkle_range(
     report = verify_store(store)
     # the chain itself is consistent again; the stored Merkle node over seq 16..31 is not
     failed(report, 16, "Merkle node", "16..31")
+
+
+# -- the checkpoint chain: numbering, and size-0 heads ------------------------------------------
+
+
+@pytest.fixture
+def three(ledger: tuple[Store, list[str]], signer: Signer) -> tuple[Store, list[str]]:
+    """The ledger with a third checkpoint: #1 (20), #2 (40), #3 (45)."""
+    store, notes = ledger
+    store.append(incoming(45)[40:])
+    notes.append(ckpt.create(store, signer).note)
+    assert verify_store(store).ok
+    return store, notes
+
+
+def test_a_checkpoint_deleted_from_the_middle(three: tuple[Store, list[str]]) -> None:
+    store, _ = three
+    store.con.execute("DELETE FROM checkpoints WHERE n = 2")
+    report = verify_store(store)
+    failed(report, None, "checkpoint #2 is missing", "jumps from #1 to #3", "deleted")
+    store.close()
+    result = CliRunner().invoke(cli, ["verify", "--db", store.path])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "FAILED: checkpoint #2 is missing from the checkpoints table (the numbering jumps "
+        "from #1 to #3): a signed checkpoint was deleted\n"
+    )
+
+
+def test_the_first_or_the_last_checkpoint_deleted(three: tuple[Store, list[str]]) -> None:
+    store, _ = three
+    store.con.execute("DELETE FROM checkpoints WHERE n = 1")
+    failed(verify_store(store), None, "checkpoint #1 is missing", "the first is #2")
+    store.con.execute("DELETE FROM checkpoints")
+    assert verify_store(store).ok  # all gone: nothing to number (a kept copy shows it, below)
+
+
+def test_a_deleted_and_renumbered_checkpoint_needs_the_auditors_copy(
+    three: tuple[Store, list[str]], signer: Signer
+) -> None:
+    """Deleting #2 and renumbering #3 leaves #1, #2 with no gap and nothing signed carries
+    the number: the file alone cannot tell. A checkpoint the auditor kept can."""
+    store, notes = three
+    store.con.execute("DELETE FROM checkpoints WHERE n = 2")
+    store.con.execute("UPDATE checkpoints SET n = 2 WHERE n = 3")
+    assert verify_store(store).ok
+    report = verify_store(store, checkpoint=notes[1], public_key=signer.verifier.text)
+    failed(report, None, "given checkpoint (size 40) is not among the ledger's stored")
+    assert verify_store(store, checkpoint=notes[2], public_key=signer.verifier.text).ok
+
+
+def test_a_repeated_or_misnumbered_checkpoint(three: tuple[Store, list[str]]) -> None:
+    store, _ = three
+    store.con.execute("UPDATE checkpoints SET n = 2 WHERE n = 3")
+    failed(verify_store(store), None, "checkpoint #2 appears more than once")
+    store.con.execute("UPDATE checkpoints SET n = n - 1")  # now 0, 1, 1
+    failed(verify_store(store), None, "must count #1, #2", "found #0")
+
+
+def _size0_note(signer: Signer, root: bytes) -> str:
+    """A signed size-0 checkpoint with any root: what a careless or hostile signer makes."""
+    body = f"{ORIGIN}\n0\n{base64.b64encode(root).decode()}\n"
+    return signed_note.sign_note(body, signer)
+
+
+def test_a_stored_size_0_checkpoint_must_carry_the_empty_root(
+    db_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEDGER_ORIGIN", ORIGIN)
+    with Store.open(db_path) as store:
+        cp = ckpt.create(store, signer)  # an empty ledger signs the empty root
+        assert (cp.size, cp.root) == (0, merkle.EMPTY_ROOT)
+        assert verify_store(store).ok
+        store.append(incoming(3))
+        wrong = bytes(32)
+        store.con.execute(
+            "UPDATE checkpoints SET root = ?, note = ? WHERE n = 1",
+            [wrong, _size0_note(signer, wrong)],
+        )
+        failed(verify_store(store), None, "checkpoint #1 (size 0)", 'SHA-256("")')
+
+
+def test_a_given_size_0_checkpoint_must_carry_the_empty_root(
+    ledger: tuple[Store, list[str]], signer: Signer, tmp_path: Path
+) -> None:
+    store, _ = ledger
+    note = _size0_note(signer, b"\x01" * 32)
+    report = verify_store(store, checkpoint=note, public_key=signer.verifier.text)
+    failed(report, None, "the given checkpoint does not verify", "size 0")
+    good = _size0_note(signer, merkle.EMPTY_ROOT)
+    report = verify_store(store, checkpoint=good, public_key=signer.verifier.text)
+    failed(report, None, "(size 0) is not among the ledger's stored checkpoints")
+    (tmp_path / "cp0.txt").write_text(note)
+    store.close()
+    args = ["verify", "--db", store.path, "--checkpoint", str(tmp_path / "cp0.txt")]
+    result = CliRunner().invoke(cli, [*args, "--public-key", signer.verifier.text])
+    assert result.exit_code == 1 and "size 0" in result.output
+
+
+def test_a_checkpoint_of_another_origin(ledger: tuple[Store, list[str]], signer: Signer) -> None:
+    store, notes = ledger
+    other = notes[1].split("\n\n")[0].replace(ORIGIN, "example.org/other", 1) + "\n"
+    forged = signed_note.sign_note(other, signer)  # the same key, another log
+    report = verify_store(store, checkpoint=forged, public_key=signer.verifier.text)
+    failed(report, None, "given checkpoint is for the log 'example.org/other'")
+    store.con.execute(
+        "UPDATE checkpoints SET origin = 'example.org/other', note = ? WHERE n = 2", [forged]
+    )
+    failed(verify_store(store), None, "checkpoint #2 (size 40) is for the log")
+    failed(verify_store(store, origin="example.org/x"), None, "not the expected 'example.org/x'")

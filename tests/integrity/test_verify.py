@@ -18,11 +18,16 @@ import ledger.integrity.verify as verify_module
 from bench.generate import generate
 from ledger.contract import events
 from ledger.contract.codec import Codec, default_codec
+from ledger.integrity import checkpoint as ckpt
 from ledger.integrity.verify import verify_store
 from ledger.store import Incoming, Store
 from ledger.stream.ingest import ingest
+from ledger.tlog import merkle
+from ledger.tlog import note as signed_note
+from ledger.tlog.note import Signer
 from tests import factories as f
 from tests.contract.test_codec import OLD_DATUM, older_schema, write_with
+from tests.store.test_treestore import incoming, leaves
 
 N = 13
 BATCHES = [3, 5, 32_768]  # the verify batch size: tampering at and across batch boundaries
@@ -362,3 +367,135 @@ def test_read_ahead_stops_when_the_caller_stops(base_ledger: Path) -> None:
     with verify_module._ReadAhead(iter(batches), default_codec().header) as items:
         first = next(items)
     assert first[0].num_rows == 1  # leaving the block did not wait for the other 649 batches
+
+
+# -- trusted keys and rotation (see ledger/integrity/audit.py for what is proven) ---------------
+
+
+OLD, NEW = Signer.generate("example.org/2025"), Signer.generate("example.org/2026")
+
+
+@pytest.fixture
+def rotated(db_path: Path) -> Iterator[Store]:
+    """#1 (10) and #2 (20) by OLD; #3 (20) by OLD and NEW (the handover); #4 (30) by NEW."""
+    events = incoming(30)
+    store = Store.open(db_path)
+    store.append(events[:10])
+    ckpt.create(store, OLD)
+    store.append(events[10:20])
+    ckpt.create(store, OLD)
+    ckpt.create(store, [OLD, NEW])
+    store.append(events[20:])
+    ckpt.create(store, NEW)
+    yield store
+    store.close()
+
+
+def test_the_new_key_alone_accepts_history_through_the_handover(rotated: Store) -> None:
+    report = verify_store(rotated, public_keys=[NEW.verifier.text])
+    assert report.ok, report.reason
+    assert report.trusted_keys == [NEW.verifier.id]
+    assert "trusted keys" in report.checks
+    accepted = [d["accepted"] for d in report.checkpoint_details]
+    assert accepted[:2] == ["signed by a key that co-signed checkpoint #3 with a trusted key"] * 2
+    assert accepted[2:] == ["signed by a trusted key"] * 2
+    signed = [
+        [(k["key_id"], k["trusted"]) for k in d["signed_by"]] for d in report.checkpoint_details
+    ]
+    assert signed == [
+        [(OLD.verifier.id, False)],
+        [(OLD.verifier.id, False)],
+        [(OLD.verifier.id, False), (NEW.verifier.id, True)],
+        [(NEW.verifier.id, True)],
+    ]
+    assert verify_store(rotated, public_keys=[OLD.verifier.text, NEW.verifier.text]).ok
+
+
+def test_the_old_key_alone_stops_where_only_the_new_one_signed(rotated: Store) -> None:
+    report = verify_store(rotated, public_key=OLD.verifier.text)
+    assert not report.ok
+    assert report.reason is not None
+    assert report.reason.startswith(
+        f"checkpoint #4 (size 30) is signed only by {NEW.verifier.id}: not a trusted key"
+    )
+    assert "add its verifier key with --public-key" in report.reason
+
+
+def test_a_rotation_without_handover_needs_both_keys(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        store.append(incoming(5))
+        ckpt.create(store, OLD)
+        store.append(incoming(8)[5:])
+        ckpt.create(store, NEW, rotate=True)
+        report = verify_store(store, public_keys=[NEW.verifier.text])
+        assert not report.ok and report.reason is not None
+        assert f"checkpoint #1 (size 5) is signed only by {OLD.verifier.id}" in report.reason
+        assert verify_store(store, public_keys=[NEW.verifier.text, OLD.verifier.text]).ok
+        assert verify_store(store).ok  # unpinned: each by the key stored beside it
+
+
+def test_a_retired_key_signing_after_the_handover_is_not_accepted(rotated: Store) -> None:
+    """Whoever still holds the retired key cannot add checkpoints the new key accepts."""
+    rotated.append(incoming(33)[30:])
+    ckpt.create(rotated, OLD, rotate=True)
+    report = verify_store(rotated, public_keys=[NEW.verifier.text])
+    assert not report.ok and report.reason is not None
+    assert report.reason.startswith(f"checkpoint #5 (size 33) is signed only by {OLD.verifier.id}")
+
+
+def test_trusted_keys_with_nothing_signed_fail(db_path: Path) -> None:
+    with Store.open(db_path) as store:
+        report = verify_store(store, public_keys=[NEW.verifier.text])
+        assert (report.ok, report.bad_seq) == (False, None)
+        assert "no checkpoint is stored" in str(report.reason)
+        store.append(incoming(2))
+        assert "nothing is signed" in str(
+            verify_store(store, public_keys=[NEW.verifier.text]).reason
+        )
+        assert verify_store(store).ok  # without keys: as before
+
+
+# -- a failed verify still reports the root of what it verified ---------------------------------
+
+
+def test_a_failed_verify_reports_the_root_of_the_verified_entries(
+    base_ledger: Path, tmp_path: Path
+) -> None:
+    with Store.open(base_ledger, read_only=True) as store:
+        hashes = leaves(store)
+        origin = store.origin()
+    path = tampered(
+        base_ledger,
+        tmp_path,
+        lambda con: con.execute("UPDATE entries SET payload = payload || 'x'::BLOB WHERE seq = 5"),
+    )
+    report = run_verify(path)
+    assert (report.ok, report.bad_seq) == (False, 5)
+    assert report.merkle_root == merkle.root(hashes[:5]).hex()
+    assert report.merkle_root_size == 5
+    assert "seq 0..4" in report.merkle_root_basis
+    assert report.origin == origin
+    first = tampered(
+        base_ledger,
+        tmp_path,
+        lambda con: con.execute("UPDATE entries SET payload = payload || 'x'::BLOB WHERE seq = 0"),
+    )
+    report = run_verify(first)
+    assert (report.merkle_root, report.merkle_root_size) == (merkle.EMPTY_ROOT.hex(), 0)
+    assert "no entry verified" in report.merkle_root_basis
+
+
+def test_a_failed_checkpoint_check_reports_the_whole_root_not_the_empty_one(
+    base_ledger: Path,
+) -> None:
+    stranger = Signer.generate("example.org/stranger")
+    note = signed_note.sign_note(
+        signed_note.checkpoint_body("agent-ledger/ledger", 1, bytes(32)), stranger
+    )
+    with Store.open(base_ledger, read_only=True) as store:
+        report = verify_store(store, checkpoint=note, public_keys=[OLD.verifier.text])
+        hashes = leaves(store)
+    assert not report.ok and "does not verify" in str(report.reason)
+    assert report.merkle_root == merkle.root(hashes).hex() != merkle.EMPTY_ROOT.hex()
+    assert report.merkle_root_size == N
+    assert report.to_dict()["merkle_root_basis"].startswith("recomputed from the entry hashes")

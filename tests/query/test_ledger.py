@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from ledger import Ledger
 from ledger.errors import ConfigError, NotFoundError, ValidationError
+from ledger.integrity.verify import verify_store
+from ledger.store import Store
 from tests import factories as f
 from tests.query.test_rules import build
 
@@ -218,6 +222,46 @@ def test_sql_is_read_only(db: Path, query: str) -> None:
             ledger.sql(query)
         assert "\n" not in str(err.value)
         assert ledger.sql("SELECT count(*) AS n FROM actions").to_dict() == [{"n": 5}]
+
+
+WRITES = [
+    "WITH x AS (SELECT 1) DELETE FROM entries RETURNING *",
+    "WITH gone AS (DELETE FROM actions RETURNING *) SELECT count(*) FROM gone",
+    "EXPLAIN ANALYZE DELETE FROM entries",
+    "EXPLAIN ANALYZE UPDATE delegations SET resources = ['*']",
+    "EXPLAIN ANALYZE INSERT INTO actions SELECT * FROM actions",
+    "EXPLAIN ANALYZE DROP TABLE entries",
+    "DELETE FROM entries",
+    "COPY entries TO '/tmp/ledger-leak.parquet'",
+    "ATTACH '/tmp/ledger-other.duckdb' AS other",
+]
+
+
+def _state(path: Path) -> list[tuple[object, ...]]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return [
+            con.execute(f"SELECT count(*), sum(hash(t)) FROM {table} t").fetchall()[0]
+            for table in ("entries", "actions", "delegations")
+        ]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+@pytest.mark.parametrize("query", WRITES)
+def test_sql_cannot_write_whatever_the_statement(db: Path, query: str, read_only: bool) -> None:
+    """Issue 12: a data-modifying CTE or EXPLAIN ANALYZE deleted entries through `Ledger.sql`
+    on a ledger opened writable. The statement may be refused or may run; the file stays."""
+    before = _state(db)
+    with Ledger.open(db, read_only=read_only) as ledger:
+        with contextlib.suppress(ValidationError):
+            ledger.sql(query)
+        assert ledger.sql("SELECT count(*) AS n FROM actions").to_dict() == [{"n": 5}]
+    assert _state(db) == before
+    assert not Path("/tmp/ledger-other.duckdb").exists()
+    with Store.open(db, read_only=True) as store:
+        assert verify_store(store).ok
 
 
 def test_sql_returns_json_ready_rows(db: Path) -> None:

@@ -68,3 +68,37 @@ def test_recent_ids_merge_into_the_sorted_base(
         assert all(hashed[int(h)] == int(q) for h, q in zip(seen._hash, seen._seq, strict=True))
         ids = [ev.event_id for ev in batch]
         assert seen.held([*ids[::7], "other"]) == set(ids[::7])
+
+
+def test_where_gives_the_seq_of_each_held_id(db_path: Path, codec: Codec) -> None:
+    batch = sample(codec, 12)
+    ids = [ev.event_id for ev in batch]
+    with Store.open(db_path) as store:
+        store.append(batch[:8])
+        seen = SeenIds(store.con)  # all eight as old hashes
+        seen.add(ids[8:10], 8)  # two recent ones (as if appended at seqs 8, 9)
+        assert seen.where([ids[9], "nope", ids[2], ids[7], ids[8]]) == {
+            ids[9]: 9,
+            ids[2]: 2,
+            ids[7]: 7,
+            ids[8]: 8,
+        }
+        assert seen.where(ids[10:]) == {}
+        assert seen.held(ids) == set(ids[:10])
+
+
+def test_a_hash_collision_never_hides_a_conflict(
+    db_path: Path, codec: Codec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seen_module, "_hashes", _collide)  # every id hashes the same
+    batch = sample(codec, 6)
+    changed = batch[4]._replace(payload=batch[4].payload + b"\0", source="kafka:t/0/99")
+    with Store.open(db_path) as store:
+        store.append(batch)
+    with Store.open(db_path) as store:  # reopened: all six are old hashes, all colliding
+        assert SeenIds(store.con).where([batch[4].event_id, "other"]) == {batch[4].event_id: 4}
+        result = store.append([changed, batch[1]])
+        assert (result.appended, result.duplicates, result.quarantined) == (0, 1, 1)
+        ((source, reason),) = store.con.execute("SELECT source, reason FROM quarantine").fetchall()
+        assert source == "kafka:t/0/99"
+        assert reason.startswith("conflicting duplicate of seq 4: ")

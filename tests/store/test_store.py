@@ -14,6 +14,7 @@ from ledger.contract import events
 from ledger.contract.codec import Codec
 from ledger.errors import StoreError
 from ledger.store import Appended, Incoming, Rejected, Store
+from ledger.store.quarantine import conflict_reason
 from ledger.tlog import chain
 from tests import factories as f
 
@@ -90,6 +91,162 @@ def test_duplicates_are_counted_not_appended(db_path: Path, codec: Codec) -> Non
         third = store.append(batch)
         assert (third.appended, third.duplicates, third.size) == (0, 3, 3)
         assert store.counts() == {"entries": 3, "quarantined": 0}
+
+
+# -- conflicting duplicates: an id collision with other bytes is evidence, never dropped -------
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def dup2(codec: Codec) -> list[Incoming]:
+    """The reported case: one event_id, three different events."""
+    return [
+        incoming(codec, f.action("a-1", "agent:p", event_id="dup-2"), "kafka:t/0/5"),
+        incoming(
+            codec,
+            f.action("a-2", "agent:p", operation="hr:delete", resource="hr/all", event_id="dup-2"),
+            "kafka:t/0/6",
+        ),
+        incoming(codec, f.retired("agent:p", event_id="dup-2"), "kafka:t/1/9"),
+    ]
+
+
+def one_byte_off(item: Incoming) -> Incoming:
+    payload = item.payload[:-1] + bytes([item.payload[-1] ^ 1])
+    return item._replace(payload=payload, source=item.source + "'")
+
+
+def quarantine_rows(store: Store) -> list[tuple[str, bytes | None, str]]:
+    return [
+        (source, None if raw is None else bytes(raw), reason)
+        for source, raw, reason in store.con.execute(
+            "SELECT source, raw, reason FROM quarantine ORDER BY rowid"
+        ).fetchall()
+    ]
+
+
+def test_conflict_reason_names_the_seq_and_both_hashes() -> None:
+    assert conflict_reason(12, b"old", b"new") == (
+        f"conflicting duplicate of seq 12: stored payload sha256 {sha(b'old')}, "
+        f"received sha256 {sha(b'new')}"
+    )
+
+
+@pytest.mark.parametrize("reopen", [False, True], ids=["recent id", "id from the file"])
+def test_a_conflicting_duplicate_of_a_stored_entry_is_quarantined(
+    db_path: Path, codec: Codec, reopen: bool
+) -> None:
+    first, second, third = dup2(codec)
+    store = Store.open(db_path)
+    try:
+        store.append(sample(codec, 3))
+        assert store.append([first]).appended == 1  # seq 3
+        if reopen:  # the id is then found by its hash in the sorted base, confirmed by seq
+            store.close()
+            store = Store.open(db_path)
+        result = store.append([second])
+        assert (result.appended, result.duplicates, result.quarantined) == (0, 0, 1)
+        assert quarantine_rows(store) == [
+            (
+                "kafka:t/0/6",
+                second.payload,
+                f"conflicting duplicate of seq 3: stored payload sha256 {sha(first.payload)}, "
+                f"received sha256 {sha(second.payload)}",
+            )
+        ]
+        assert store.con.execute(
+            "SELECT seq, payload FROM entries WHERE event_id = 'dup-2'"
+        ).fetchall() == [(3, first.payload)]
+        assert store.counts() == {"entries": 4, "quarantined": 1}
+        assert store.append([third]).quarantined == 1
+    finally:
+        store.close()
+
+
+def test_the_reported_dup_2_case_in_one_batch(db_path: Path, codec: Codec) -> None:
+    """dup-2 three times (crm:read, then hr:delete hr/all, then principal.retired)."""
+    first, second, third = dup2(codec)
+    with Store.open(db_path) as store:
+        store.append(sample(codec, 2))
+        result = store.append([first, second, third])
+        assert (result.appended, result.duplicates, result.quarantined) == (1, 0, 2)
+        rows = quarantine_rows(store)
+        assert [(source, raw) for source, raw, _ in rows] == [
+            ("kafka:t/0/6", second.payload),
+            ("kafka:t/1/9", third.payload),
+        ]
+        for (_, raw, reason), item in zip(rows, (second, third), strict=True):
+            assert raw is not None
+            assert reason == conflict_reason(2, first.payload, item.payload)
+            assert reason.startswith("conflicting duplicate of seq 2: ")
+            assert sha(first.payload) in reason and sha(raw) in reason
+
+
+def test_an_in_batch_conflict_cites_the_seq_its_first_copy_gets(
+    db_path: Path, codec: Codec
+) -> None:
+    new = sample(codec, 4)
+    first, second, _ = dup2(codec)
+    with Store.open(db_path) as store:
+        store.append(new[:2])  # seqs 0, 1
+        result = store.append([new[2], first, new[3], second, new[2]])
+        assert (result.appended, result.duplicates, result.quarantined) == (3, 1, 1)
+        assert store.con.execute("SELECT seq FROM entries WHERE event_id = 'dup-2'").fetchall() == [
+            (3,)
+        ]
+        ((source, raw, reason),) = quarantine_rows(store)
+        assert (source, raw) == ("kafka:t/0/6", second.payload)
+        assert reason == conflict_reason(3, first.payload, second.payload)
+
+
+def test_every_later_copy_is_compared_with_the_first(db_path: Path, codec: Codec) -> None:
+    first, second, third = dup2(codec)
+    with Store.open(db_path) as store:
+        # exact repeat of the first, a conflict, a repeat of the conflict, another conflict
+        result = store.append([first, first, second, second, third])
+        assert (result.appended, result.duplicates, result.quarantined) == (1, 1, 3)
+        reasons = [reason for _, _, reason in quarantine_rows(store)]
+        assert reasons == [
+            conflict_reason(0, first.payload, second.payload),
+            conflict_reason(0, first.payload, second.payload),
+            conflict_reason(0, first.payload, third.payload),
+        ]
+        again = store.append([third, first, second])
+        assert (again.appended, again.duplicates, again.quarantined) == (0, 1, 2)
+
+
+def test_one_differing_byte_is_a_conflict(db_path: Path, codec: Codec) -> None:
+    item = sample(codec, 1)[0]
+    changed = one_byte_off(item)
+    with Store.open(db_path) as store:
+        in_batch = store.append([item, changed])
+        in_ledger = store.append([changed])
+        assert (in_batch.appended, in_batch.quarantined, in_ledger.quarantined) == (1, 1, 1)
+        assert [raw for _, raw, _ in quarantine_rows(store)] == [changed.payload] * 2
+
+
+def test_exact_repeats_stay_silent_duplicates(db_path: Path, codec: Codec) -> None:
+    batch = sample(codec, 3)
+    with Store.open(db_path) as store:
+        store.append(batch)
+        result = store.append([*batch, *batch], [Rejected("file:x:9", b"{", "not valid JSON")])
+        assert (result.appended, result.duplicates, result.quarantined) == (0, 6, 1)
+        assert [reason for _, _, reason in quarantine_rows(store)] == ["not valid JSON"]
+
+
+def test_conflicts_commit_with_the_batch_or_not_at_all(db_path: Path, codec: Codec) -> None:
+    first, second, _ = dup2(codec)
+    ext = RecordingExtension(fail=True)
+    with Store.open(db_path, extensions=[ext]) as store:
+        with pytest.raises(RuntimeError, match="projection bug"):
+            store.append([first, second], [Rejected("s", b"x", "r")])
+        assert store.counts() == {"entries": 0, "quarantined": 0}
+        ext.fail = False
+        result = store.append([first, second], [Rejected("s", b"x", "r")])
+        assert (result.appended, result.quarantined) == (1, 2)
+        assert [s for s, _, _ in quarantine_rows(store)] == ["s", "kafka:t/0/6"]
 
 
 def test_quarantine_and_offsets_are_stored(db_path: Path, codec: Codec) -> None:

@@ -1,0 +1,378 @@
+"""The query projections recomputed from the entries' payloads and compared, row for row.
+
+Every answer (`trace`, `violations`, `blast-radius`, `authority`) reads the projection tables,
+not the payloads, so a row deleted or widened in the file changes answers while the hash chain
+still verifies. Here each entry's payload is decoded again (`fastdecode.BatchDecoder`, the
+consumer's own decoder, so the rows are exactly those an append inserts) and the expected rows
+are compared with the stored ones in DuckDB (a full join on seq, plus counts): a row missing,
+altered or repeated, a row with no entry of its type behind it, a missing table, and a
+coverage mark (`projection_meta`) that does not match the ledger are all reported with the
+table, the row's key and the seq it should come from.
+
+Cost: decoding is ~6 µs per entry in Python, about four times the chain checks. On a ledger
+opened read-only with 100,000 entries or more, the seq range is split between two worker
+processes (`python -P -m ledger.integrity.derived`, each with its own read-only connection
+and one DuckDB thread) while the calling process walks the hash chain, so `verify` uses both
+cores; smaller ledgers, writable stores and custom codecs are checked in process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ledger.contract.batch import decode_values
+from ledger.contract.codec import Codec, default_codec
+from ledger.contract.columns import SCHEMAS, TABLES
+from ledger.contract.fastdecode import BatchDecoder
+from ledger.store import Store
+from ledger.store.projections import META_TABLE
+
+__all__ = ["PARALLEL_FROM", "DerivedCheck", "Difference", "check_range"]
+
+#: ledgers at least this large (and opened read-only) are checked by two worker processes
+PARALLEL_FROM = 100_000
+#: differences kept per range (the total is always counted)
+KEEP = 50
+_BATCH = 32_768
+_CHUNK = 1 << 18
+#: glibc keeps freed memory in a worker that allocates and frees millions of small objects
+_WORKER_ENV = {
+    "MALLOC_TRIM_THRESHOLD_": "100000000000",
+    "MALLOC_TOP_PAD_": "268435456",
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+}
+
+#: table -> the column that names a row (its event's id: action_id, delegation_id, ...)
+KEYS: dict[str, str] = {table: cols[0][0] for table, cols in TABLES.values()}
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One projection row that is not what its entry says.
+
+    `problem` is "missing" (the entry's row is not in the table), "altered" (a row with the
+    entry's seq differs in `columns`), "not from the ledger" (no entry of that type at this
+    seq), "row repeated" (a copy of a row), or a sentence about the coverage mark
+    (`projection_meta`) or a missing table. `seq` is the entry the row
+    should come from (None for coverage).
+    """
+
+    table: str
+    key: str | None
+    seq: int | None
+    problem: str
+    columns: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        key = f" {KEYS.get(self.table, 'key')} {self.key!r}" if self.key is not None else ""
+        where = f"table {self.table}{key}"
+        if self.problem == "missing":
+            return f"{where}: row missing; it should come from seq {self.seq}"
+        if self.problem == "altered":
+            cols = ", ".join(self.columns) or "row"
+            return f"{where}: {cols} differ from what the payload of seq {self.seq} says"
+        if self.problem == "not from the ledger":
+            return f"{where}: row at seq {self.seq} has no entry of that type behind it"
+        if self.problem == "row repeated":
+            return f"{where}: the row of seq {self.seq} is there more than once"
+        return f"{where}: {self.problem}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["columns"] = list(self.columns)
+        out["reason"] = self.describe()
+        return out
+
+
+@dataclass(slots=True)
+class RangeResult:
+    """What one seq range found: up to `KEEP` differences and how many there were."""
+
+    differences: list[Difference]
+    total: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"differences": [asdict(d) for d in self.differences], "total": self.total}
+        )
+
+    @classmethod
+    def from_json(cls, text: bytes | str) -> RangeResult:
+        """Raises ValueError, KeyError or TypeError on anything but `to_json`'s output."""
+        data = json.loads(text)
+        diffs = [
+            Difference(d["table"], d["key"], d["seq"], d["problem"], tuple(d["columns"]))
+            for d in data["differences"]
+        ]
+        return cls(diffs, int(data["total"]))
+
+
+def check_range(
+    path: str | None,
+    lo: int,
+    hi: int,
+    con: duckdb.DuckDBPyConnection | None = None,
+    codec: Codec | None = None,
+) -> RangeResult:
+    """Compare every projection row with seq in [lo, hi) against the entries' payloads.
+
+    Runs on `con`, or (in a worker process) on a fresh read-only connection to `path` with
+    one DuckDB thread. Raises `duckdb.Error` if the file cannot be read.
+    """
+    own = con is None
+    if con is None:
+        assert path is not None
+        con = duckdb.connect(path, read_only=True)
+        con.execute("SET threads = 1")
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")
+    try:
+        diffs: list[Difference] = []
+        total = 0
+        for start in range(lo, hi, _CHUNK):  # bounded memory: one chunk of rows at a time
+            stop = min(start + _CHUNK, hi)
+            expected, undecodable = _expected(con, start, stop, codec or default_codec())
+            diffs += undecodable
+            total += len(undecodable)
+            for etype, (table, _, _) in SCHEMAS.items():
+                found, count = _compare(con, table, expected.get(etype), start, stop)
+                diffs += found
+                total += count
+            del diffs[KEEP:]
+        diffs.sort(key=lambda d: (d.seq if d.seq is not None else -1, d.table))
+        return RangeResult(diffs, total)
+    finally:
+        if own:
+            con.close()
+
+
+def _expected(
+    con: duckdb.DuckDBPyConnection, lo: int, hi: int, codec: Codec
+) -> tuple[dict[str, pa.Table], list[Difference]]:
+    """The rows the entries of [lo, hi) project to, per event type, with their seqs."""
+    decoder = BatchDecoder(codec)
+    parts: dict[str, list[pa.Table]] = {}
+    bad: list[Difference] = []
+    reader = con.sql(
+        "SELECT seq, payload FROM entries WHERE seq >= ? AND seq < ? ORDER BY seq",
+        params=[lo, hi],
+    ).to_arrow_reader(_BATCH)
+    for batch in reader:
+        seqs = batch.column(0).to_pylist()
+        decoded = decode_values(batch.column(1).to_pylist(), decoder)
+        for pos, reason in decoded.rejected:
+            bad.append(Difference("entries", None, seqs[pos], f"payload does not decode: {reason}"))
+        accepted = pa.array([seqs[i] for i in decoded.accepted], pa.int64())
+        for etype, rows in decoded.rows.items():
+            # `pos` counts accepted events of this batch; the table wants the entry's seq
+            parts.setdefault(etype, []).append(
+                rows.set_column(0, "seq", accepted.take(rows.column(0)))
+            )
+    return {etype: pa.concat_tables(tables) for etype, tables in parts.items()}, bad
+
+
+def _compare(
+    con: duckdb.DuckDBPyConnection, table: str, expected: pa.Table | None, lo: int, hi: int
+) -> tuple[list[Difference], int]:
+    """Rows of `table` in [lo, hi) that differ from `expected`: (first KEEP, count).
+
+    A full join on seq (expected seqs are unique) plus a count: no mismatched pair and as
+    many stored rows as expected ones means the two are the same multiset, duplicates
+    included, and costs a join on an integer instead of hashing whole rows.
+    """
+    columns = [name for name, _ in SCHEMAS_BY_TABLE[table]]
+    view = f"_expected_{table}"
+    con.register(view, expected if expected is not None else _empty(table))
+    try:
+        stored = f"(SELECT * FROM {table} WHERE seq >= {lo:d} AND seq < {hi:d})"
+        differ = " OR ".join(f"s.{c} IS DISTINCT FROM e.{c}" for c in columns[1:])
+        rows = con.execute(
+            f"SELECT count(*) OVER (), e.seq, s.seq, "
+            f"[{', '.join(f's.{c} IS DISTINCT FROM e.{c}' for c in columns[1:])}], "
+            f"coalesce(e.{KEYS[table]}, s.{KEYS[table]}) "
+            f"FROM {stored} s FULL JOIN {view} e ON s.seq = e.seq "
+            f"WHERE s.seq IS NULL OR e.seq IS NULL OR {differ} "
+            f"ORDER BY coalesce(e.seq, s.seq) LIMIT {KEEP}"
+        ).fetchall()
+        counts = con.execute(
+            f"SELECT (SELECT count(*) FROM {stored}), (SELECT count(*) FROM {view})"
+        ).fetchall()[0]
+    finally:
+        con.unregister(view)
+    found: list[Difference] = []
+    for _, want_seq, have_seq, flags, key in rows:
+        if want_seq is None:
+            found.append(Difference(table, key, have_seq, "not from the ledger"))
+        elif have_seq is None:
+            found.append(Difference(table, key, want_seq, "missing"))
+        else:
+            changed = tuple(c for c, f in zip(columns[1:], flags, strict=True) if f)
+            found.append(Difference(table, key, want_seq, "altered", changed))
+    total = rows[0][0] if rows else 0
+    stored_n, want_n = counts
+    if not rows and stored_n != want_n:
+        dup = con.execute(
+            f"SELECT seq, any_value({KEYS[table]}) FROM {stored} GROUP BY seq "
+            f"HAVING count(*) > 1 ORDER BY seq LIMIT {KEEP}"
+        ).fetchall()
+        found += [Difference(table, key, seq, "row repeated") for seq, key in dup]
+        total = stored_n - want_n
+    return found, int(total)
+
+
+SCHEMAS_BY_TABLE: dict[str, tuple[tuple[str, str], ...]] = {
+    table: columns for table, columns, _ in SCHEMAS.values()
+}
+
+
+def _empty(table: str) -> pa.Table:
+    etype = next(e for e, (t, _, _) in SCHEMAS.items() if t == table)
+    schema = SCHEMAS[etype][2]
+    return schema.empty_table().rename_columns(["seq", *schema.names[1:]])
+
+
+def _coverage(con: duckdb.DuckDBPyConnection, size: int) -> list[Difference]:
+    """The coverage mark and rows outside [0, size): what no range looks at."""
+    found: list[Difference] = []
+    present = {
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
+    }
+    for table in (*SCHEMAS_BY_TABLE, META_TABLE):
+        if table not in present:
+            found.append(Difference(table, None, None, "table is missing; run `ledger rebuild`"))
+    if META_TABLE in present:
+        marks = [
+            r[0]
+            for r in con.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'size'").fetchall()
+        ]
+        if marks != [size]:
+            found.append(
+                Difference(
+                    META_TABLE,
+                    None,
+                    None,
+                    f"says the projections cover {marks or 'nothing'}; "
+                    f"the ledger has {size} entries",
+                )
+            )
+    for table in SCHEMAS_BY_TABLE:
+        if table not in present:
+            continue
+        key = KEYS[table]
+        for seq, name in con.execute(
+            f"SELECT seq, {key} FROM {table} WHERE seq IS NULL OR seq < 0 OR seq >= ? "
+            f"ORDER BY seq LIMIT {KEEP}",
+            [size],
+        ).fetchall():
+            found.append(Difference(table, name, seq, "not from the ledger"))
+    return found
+
+
+class DerivedCheck:
+    """The projection check of a ledger of `size` entries, started before the chain walk.
+
+    `start` hands the seq ranges to worker processes when that pays (see the module
+    docstring); `result` waits for them (or runs the check in process) and returns
+    (first differences, total count). `cancel` stops the workers.
+    """
+
+    def __init__(self, store: Store, codec: Codec | None) -> None:
+        self.store = store
+        self.codec = codec
+        self.size = store.size()
+        self._workers: list[tuple[tuple[int, int], subprocess.Popen[bytes]]] = []
+
+    @classmethod
+    def start(cls, store: Store, codec: Codec | None = None, workers: int = 2) -> DerivedCheck:
+        """Start checking `store`; with `workers` > 1 and a large read-only file, in that
+        many processes (`python -P -m ledger.integrity.derived PATH LO HI`)."""
+        check = cls(store, codec)
+        if (
+            workers > 1
+            and check.size >= PARALLEL_FROM
+            and store.read_only
+            and store.path != ":memory:"
+            and codec is None
+        ):
+            for lo, hi in _ranges(check.size, workers):
+                proc = subprocess.Popen(
+                    [sys.executable, "-P", "-m", __name__, store.path, str(lo), str(hi)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env={**os.environ, **_WORKER_ENV},
+                )
+                check._workers.append(((lo, hi), proc))
+        return check
+
+    def result(self) -> tuple[list[Difference], int]:
+        """(up to `KEEP` differences in seq order, how many in all).
+
+        A worker that fails has its range checked again in process, so a failure there
+        surfaces as this process's own error (`duckdb.Error`), never as "no difference".
+        """
+        found = _coverage(self.store.con, self.size)
+        total = len(found)
+        if any(d.problem.startswith("table is missing") for d in found):
+            self.cancel()
+            return found[:KEEP], total
+        if self._workers:
+            workers, self._workers = self._workers, []
+            parts = [self._collect(lo, hi, proc) for (lo, hi), proc in workers]
+        else:
+            parts = [check_range(None, 0, self.size, self.store.con, self.codec)]
+        for part in parts:
+            found += part.differences
+            total += part.total
+        found.sort(key=lambda d: (d.seq is not None, d.seq or 0, d.table))
+        return found[:KEEP], total
+
+    def _collect(self, lo: int, hi: int, proc: subprocess.Popen[bytes]) -> RangeResult:
+        out, _ = proc.communicate()
+        if proc.returncode == 0:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                return RangeResult.from_json(out)
+        return check_range(None, lo, hi, self.store.con, self.codec)
+
+    def cancel(self) -> None:
+        """Stop the workers, if any are still running."""
+        workers, self._workers = self._workers, []
+        for _, proc in workers:
+            proc.kill()
+            proc.communicate()
+
+
+def _ranges(size: int, parts: int) -> Sequence[tuple[int, int]]:
+    step = -(-size // parts)
+    return [(lo, min(lo + step, size)) for lo in range(0, size, step)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Worker entry point: `python -P -m ledger.integrity.derived PATH LO HI` prints the
+    `RangeResult` of [LO, HI) as JSON on stdout; exit 0, or 1 with the error on stderr."""
+    path, lo, hi = argv if argv is not None else sys.argv[1:]
+    gc.disable()  # the decode makes millions of objects and no cycles; one process, one range
+    try:
+        result = check_range(path, int(lo), int(hi))
+    except (duckdb.Error, ValueError) as exc:
+        print(f"derived-state check of {path} [{lo}, {hi}): {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(result.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
