@@ -172,8 +172,11 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         med, p99 = (float(x) for x in r["proof_ms"].split(" / "))
         if r["n"] == 1_000_000:
-            ok = "meets" if r["verify_s"] <= 3 else "MISSES"
-            out.append(f"- verify of 1M in {r['verify_s']:.2f} s: {ok} the 3 s target.")
+            ok = "meets" if r["verify_s"] <= 5 else "MISSES"
+            out.append(
+                f"- verify of 1M in {r['verify_s']:.2f} s, projections recomputed: {ok} the "
+                "5 s target (issue 12; was 3 s without them)."
+            )
         if r["n"] >= 10_000_000:
             ok = "meets" if med <= 5 and r["path_bytes"] <= 1024 else "MISSES"
             out.append(
