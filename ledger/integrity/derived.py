@@ -27,6 +27,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -300,6 +301,8 @@ class DerivedCheck:
         self.size = store.size()
         self._workers: list[tuple[tuple[int, int], subprocess.Popen[bytes]]] = []
         self._own = (0, 0)
+        #: worker ranges that had to be checked again in this process (a worker failed)
+        self.redone = 0
 
     @classmethod
     def start(cls, store: Store, codec: Codec | None = None, workers: int = 2) -> DerivedCheck:
@@ -320,7 +323,7 @@ class DerivedCheck:
                     [sys.executable, "-P", "-m", __name__, store.path, str(lo), str(hi)],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    env={**os.environ, **_WORKER_ENV},
+                    env=_worker_env(),
                 )
                 check._workers.append(((lo, hi), proc))
         return check
@@ -354,6 +357,7 @@ class DerivedCheck:
         if proc.returncode == 0:
             with contextlib.suppress(ValueError, KeyError, TypeError):
                 return RangeResult.from_json(out)
+        self.redone += 1
         return check_range(None, lo, hi, self.store.con, self.codec)
 
     def cancel(self) -> None:
@@ -362,6 +366,19 @@ class DerivedCheck:
         for _, proc in workers:
             proc.kill()
             proc.communicate()
+
+
+def _worker_env() -> dict[str, str]:
+    """The caller's environment, the malloc settings, and this package first on the path
+    (the worker runs this package even where it is not installed, and never a `ledger` in
+    the caller's working directory: `-P`)."""
+    here = str(Path(__file__).resolve().parents[__name__.count(".")])
+    path = os.environ.get("PYTHONPATH")
+    return {
+        **os.environ,
+        **_WORKER_ENV,
+        "PYTHONPATH": here + (os.pathsep + path if path else ""),
+    }
 
 
 def _ranges(size: int, parts: int) -> Sequence[tuple[int, int]]:

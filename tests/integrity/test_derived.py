@@ -300,6 +300,7 @@ def test_worker_processes_find_what_the_check_in_process_finds(
         check = derived.DerivedCheck.start(store, workers=2)
         assert len(check._workers) == 2
         assert check.result() == in_process
+        assert check.redone == 0
     assert in_process[1] >= 1
 
 
@@ -308,8 +309,24 @@ def test_a_failing_worker_is_redone_in_process(db: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(derived, "PARALLEL_FROM", 1)
     monkeypatch.setattr(derived.sys, "executable", shutil.which("false") or "/bin/false")
     with Store.open(db, read_only=True) as store:
-        found, total = derived.DerivedCheck.start(store).result()
+        check = derived.DerivedCheck.start(store)
+        found, total = check.result()
     assert total == 1 and found[0].key == "d2"
+    assert check.redone == 2
+
+
+def test_workers_run_this_package_not_one_in_the_working_directory(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoy = tmp_path / "elsewhere" / "ledger"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise SystemExit('the wrong ledger package')\n")
+    monkeypatch.chdir(decoy.parent)
+    monkeypatch.setattr(derived, "PARALLEL_FROM", 1)
+    with Store.open(db, read_only=True) as store:
+        check = derived.DerivedCheck.start(store)
+        assert check.result() == ([], 0)
+    assert check.redone == 0
 
 
 # -- the Merkle state ------------------------------------------------------------------------
