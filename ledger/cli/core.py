@@ -122,14 +122,19 @@ def verify(
         except OSError as exc:
             raise LedgerError(f"cannot read {checkpoint_file}: {exc.strerror}") from exc
     meter = Progress("verify")
-    with Store.open(db, read_only=True) as store:
-        report = verify_store(
-            store,
-            progress=meter.update,
-            checkpoint=note,
-            public_keys=public_keys,
-            origin=origin,
-        )
+    try:
+        with Store.open(db, read_only=True) as store:
+            report = verify_store(
+                store,
+                progress=meter.update,
+                checkpoint=note,
+                public_keys=public_keys,
+                origin=origin,
+            )
+    except LedgerError as exc:
+        if as_json:  # a script reading stdout gets a verdict, not an empty string
+            echo_json({"ok": False, "db": db, "error": str(exc)})
+        raise
     meter.done()
     if as_json:
         echo_json(report.to_dict())

@@ -85,10 +85,12 @@ class Difference:
         if self.problem == "missing":
             return f"{where}: row missing; it should come from seq {self.seq}"
         if self.problem == "altered":
-            cols = ", ".join(self.columns) or "row"
-            return f"{where}: {cols} differ from what the payload of seq {self.seq} says"
+            cols = ", ".join(self.columns) or "the row"
+            verb = "differs" if len(self.columns) <= 1 else "differ"
+            return f"{where}: {cols} {verb} from what the payload of seq {self.seq} says"
         if self.problem == "not from the ledger":
-            return f"{where}: row at seq {self.seq} has no entry of that type behind it"
+            at = "with no seq" if self.seq is None else f"at seq {self.seq}"
+            return f"{where}: a row {at} has no entry of that type behind it"
         if self.problem == "row repeated":
             return f"{where}: the row of seq {self.seq} is there more than once"
         return f"{where}: {self.problem}"
@@ -270,8 +272,12 @@ def _coverage(con: duckdb.DuckDBPyConnection, size: int) -> list[Difference]:
                     META_TABLE,
                     None,
                     None,
-                    f"says the projections cover {marks or 'nothing'}; "
-                    f"the ledger has {size} entries",
+                    (
+                        f"says the projections cover {marks[0]} entries"
+                        if len(marks) == 1
+                        else f"holds {len(marks)} coverage marks"
+                    )
+                    + f"; the ledger has {size}",
                 )
             )
     for table in SCHEMAS_BY_TABLE:

@@ -21,7 +21,9 @@ from ledger.errors import CodecError, StoreError
 from ledger.integrity.audit import Integrity, audit_ledger
 from ledger.integrity.derived import DerivedCheck
 from ledger.store import Store
+from ledger.store.catalog import catalog_problems
 from ledger.store.checkpoints import ledger_origin
+from ledger.store.meta import meta_chain_of
 from ledger.store.treestore import audit, root_of_entries
 from ledger.tlog import chain
 from ledger.tlog.chain import HASH_LEN
@@ -35,6 +37,8 @@ UNVOUCHED = (
     "consumer_offsets: where consumers resume; an edit makes a consumer skip or re-read "
     "input (a re-read is deduplicated), it changes no entry",
     "quarantine: rejected input kept for inspection; rows can be removed or altered unseen",
+    "checkpoints.created_at and ledger_meta created_at: when things were stored, as the "
+    "file says; nothing signs them",
 )
 
 
@@ -63,6 +67,8 @@ class VerifyReport:
     #: projection rows that differ from their entries (first few; see `derived_total`)
     derived: list[dict[str, Any]] = field(default_factory=list)
     derived_total: int = 0
+    #: how the file's catalog differs from a ledger's (macros, views, altered tables)
+    catalog: list[str] = field(default_factory=list)
     #: what the file holds that no check here can vouch for
     unvouched: list[str] = field(default_factory=lambda: list(UNVOUCHED))
 
@@ -388,7 +394,24 @@ def verify_store(
     `public_keys` (files or key texts; `public_key` is one more) are the keys the auditor
     trusts, and `origin` the origin they expect: see `ledger.integrity.audit` for what is
     checked and proven with them. A failed report still carries a Merkle root: that of the
-    entries verified before the failure, `merkle_root_size` of them."""
+    entries verified before the failure, `merkle_root_size` of them.
+
+    First of all, the file's catalog must be a ledger's (`store.catalog`): a macro, view or
+    altered column changes what every query reads, so nothing else is checked on such a file."""
+    problems = catalog_problems(store.con)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return VerifyReport(
+            False,
+            0,
+            "",
+            None,
+            f"the file is not laid out as a ledger: {problems[0]}{more}. Keep a copy as "
+            "evidence; `ledger rebuild` recreates the projection tables, anything else must "
+            "be removed by hand",
+            ["catalog"],
+            catalog=problems,
+        )
     derived = DerivedCheck.start(store, codec)
     keys = (*public_keys, *([public_key] if public_key else []))
     try:
@@ -482,11 +505,6 @@ def _verify(
         store, size, checks, checkpoint, public_keys=public_keys, origin=origin
     )
     report = VerifyReport(True, size, head.hex(), checks=checks)
-    if size and store.recorded_meta() is None:
-        report.unvouched.append(
-            "recorded_at, source: this ledger was written before they were committed (no meta "
-            "chain); nothing vouches for them"
-        )
     report.merkle_root = integrity.root.hex()
     report.checkpoints = integrity.checkpoints
     _take_integrity(report, integrity)
@@ -524,30 +542,22 @@ def _localized(
 
 def _check_meta(store: Store, size: int, checks: list[str]) -> tuple[int | None, str] | None:
     """`recorded_at` and `source` against the meta chain recorded with the last append
-    (`chain.meta_extend`): (bad seq or None, reason), or None when they agree. A ledger
-    written before the meta chain existed has none; `VerifyReport.unvouched` then says so."""
+    (`store.meta`): (bad seq or None, reason), or None when they agree. Every ledger this
+    version has opened writable has one, so a missing chain beside entries fails too."""
+    checks.append("recorded_at and source (meta chain)")
     recorded = store.recorded_meta()
     if recorded is None:
-        return None
-    checks.append("recorded_at and source (meta chain)")
-    table = store.con.sql(
-        "SELECT epoch_us(recorded_at) AS r, source FROM entries ORDER BY seq"
-    ).to_arrow_table()
-    if table.column(0).null_count or table.column(1).null_count:
-        return None, "recorded_at or source is NULL"
-    rec = table.column(0).to_numpy()
-    back = np.flatnonzero(np.diff(rec) < 0)
-    if back.size:
-        seq = int(back[0]) + 1
-        return seq, f"recorded_at of seq {seq} is earlier than that of seq {seq - 1}"
-    offsets, data = _binary_parts(table.column(1).combine_chunks())
-    bounds = [0, *(np.flatnonzero(np.diff(rec)) + 1).tolist(), size] if size else [0]
-    meta = chain.GENESIS
-    for a, b in pairwise(bounds):
-        lengths = np.diff(offsets[a : b + 1]).astype(">u4").tobytes()
-        body = data[offsets[a] : offsets[b]].tobytes()
-        meta = chain.meta_extend_encoded(meta, a, b - a, int(rec[a]), lengths, body)
-    if meta != recorded:
+        if not size:
+            return None
+        return None, (
+            "no meta chain is recorded with the head, so recorded_at and source cannot be "
+            "checked: it was deleted, or this ledger predates it and was not opened writable "
+            "since (`ledger rebuild` records it from the entries as they are now)"
+        )
+    found = meta_chain_of(store.con)
+    if found.meta is None:
+        return found.bad_seq, str(found.problem)
+    if found.meta != recorded:
         return None, (
             "recorded_at or source of some entry differs from what the ledger recorded when it "
             "wrote it (the meta chain of the last append does not match)"

@@ -26,6 +26,7 @@ from ledger.query.inforce import Authority
 from ledger.query.rules import Thresholds, Violation, as_utc, jsonable
 from ledger.query.snapshot import Snapshot
 from ledger.store import Store
+from ledger.store.catalog import catalog_problems
 from ledger.store.projections import projected_size
 
 __all__ = ["InventoryItem", "Ledger", "SqlResult"]
@@ -101,6 +102,11 @@ class Ledger:
                 what = "missing" if covered is None else f"cover {covered} of {size} entries"
                 raise StoreError(
                     f"{store.path}: the query projections are {what}; run `ledger rebuild`"
+                )
+            problems = catalog_problems(store.con)
+            if problems:
+                raise StoreError(
+                    f"{store.path}: {problems[0]}; answers could be altered: run `ledger verify`"
                 )
             store.con.execute("SET enable_external_access = false")
         except BaseException:

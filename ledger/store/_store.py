@@ -233,11 +233,27 @@ class Store:
             self.con.execute(
                 "INSERT INTO ledger_meta VALUES ('origin', ?) ON CONFLICT DO NOTHING", [origin]
             )
+            self._record_meta_chain()
             self.con.execute("COMMIT")
         except duckdb.Error as exc:
             self.con.execute("ROLLBACK")
             raise StoreError(f"cannot initialise ledger {self.path}: {first_line(exc)}") from exc
         self._check_format()
+
+    def _record_meta_chain(self) -> None:
+        """A ledger made before the meta chain existed gets one, from its entries as they are
+        now (nothing earlier vouches for them); one whose recorded_at goes back in time
+        cannot, and `verify` keeps saying so."""
+        if self.recorded_meta() is not None or not self.size():
+            return
+        from ledger.store.meta import meta_chain_of
+
+        found = meta_chain_of(self.con)
+        if found.meta is not None:
+            self.con.execute(
+                "INSERT INTO ledger_meta VALUES ('meta_hash', ?) ON CONFLICT DO NOTHING",
+                [found.meta.hex()],
+            )
 
     def origin(self) -> str | None:
         """The origin recorded in `ledger_meta` (see `_create`), or None for a ledger made

@@ -163,3 +163,13 @@ def test_the_library_creates_only_when_asked(tmp_path: Path) -> None:
         assert store.size() == 0
     with Store.open(typo, create=False) as store:
         assert store.size() == 0
+
+
+def test_verify_json_gives_a_verdict_on_stdout_when_it_cannot_run(tmp_path: Path) -> None:
+    import json
+
+    typo = tmp_path / "typo.duckdb"
+    result = CliRunner().invoke(cli, ["verify", "--db", str(typo), "--json"])
+    assert result.exit_code == 1
+    verdict = json.loads(result.stdout)
+    assert verdict["ok"] is False and "no ledger at" in verdict["error"]

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from ledger.cli import cli
+from ledger.errors import StoreError
 from ledger.integrity import derived
 from ledger.integrity.verify import VerifyReport, verify_store
 from ledger.query.ledger import Ledger
@@ -204,7 +205,7 @@ def test_a_row_in_the_wrong_table_is_not_from_the_ledger(db: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "words"),
     [
-        (sql("DROP TABLE actions"), "table actions: table is missing"),
+        (sql("DROP TABLE actions"), "table actions is missing"),
         (sql("UPDATE projection_meta SET value = 3"), "projection_meta"),
         (sql("DELETE FROM projection_meta"), "projection_meta"),
     ],
@@ -250,13 +251,31 @@ def test_source_and_recorded_at_are_committed(db: Path, edit: Tamper) -> None:
     assert "recorded" in str(report.reason) or "source" in str(report.reason)
 
 
-def test_a_ledger_without_a_meta_chain_says_what_it_cannot_vouch_for(db: Path) -> None:
-    tamper(db, sql("DELETE FROM ledger_meta WHERE key = 'meta_hash'"))
+def test_a_deleted_meta_chain_fails_verify(db: Path) -> None:
+    """Issue 12 (adversarial run): deleting `meta_hash` switched the check off, and then
+    `source` and `recorded_at` could be rewritten at will."""
+    tamper(
+        db,
+        sql(
+            "DELETE FROM ledger_meta WHERE key = 'meta_hash'",
+            "UPDATE entries SET source = 'file:evil:1', recorded_at = '2001-01-01'",
+        ),
+    )
     report = verify(db)
-    assert report.ok
-    assert any(u.startswith("recorded_at, source") for u in report.unvouched)
+    assert not report.ok
+    assert "no meta chain" in str(report.reason)
+
+
+def test_a_ledger_from_before_the_meta_chain_gets_one_when_opened_writable(db: Path) -> None:
+    tamper(db, sql("DELETE FROM ledger_meta WHERE key = 'meta_hash'"))
+    assert not verify(db).ok
+    Store.open(db, create=False).close()
+    report = verify(db)
+    assert report.ok, report
     assert any(u.startswith("consumer_offsets") for u in report.unvouched)
     assert any(u.startswith("quarantine") for u in report.unvouched)
+    tamper(db, sql("UPDATE entries SET source = 'x' WHERE seq = 2"))
+    assert not verify(db).ok
 
 
 def test_appends_in_the_same_microsecond_stay_apart(tmp_path: Path) -> None:
@@ -365,3 +384,92 @@ def test_an_edited_merkle_state_fails_verify(big: Path, edit: Tamper) -> None:
     report = verify(big)
     assert not report.ok, report
     assert "Merkle" in str(report.reason) or "merkle" in str(report.reason), report.reason
+
+
+# -- the catalog: what every query reads through ---------------------------------------------
+
+FOREIGN = [
+    ("CREATE MACRO len(x) AS 1", "macro len"),
+    ("CREATE MACRO starts_with(a, b) AS true", "macro starts_with"),
+    ("CREATE VIEW v_actions AS SELECT * FROM actions", "view v_actions"),
+    ("CREATE SCHEMA shadow", "schema shadow"),
+    ("CREATE SEQUENCE s1", "sequence s1"),
+    ("CREATE TYPE mood AS ENUM ('a', 'b')", "type mood"),
+    ("CREATE TABLE notes (t VARCHAR)", "table notes is not part of a ledger"),
+]
+
+
+@pytest.mark.parametrize(("statement", "named"), FOREIGN, ids=[f[1] for f in FOREIGN])
+def test_foreign_catalog_objects_fail_verify_and_stop_the_answers(
+    db: Path, statement: str, named: str
+) -> None:
+    """Issue 12 (adversarial run): `CREATE MACRO len(x) AS 1` saved in the file made every
+    list one element long, so `violations` said "no violations" and verify said ok."""
+    tamper(db, sql(statement))
+    report = verify(db)
+    assert not report.ok
+    assert named in str(report.reason), report.reason
+    with pytest.raises(StoreError, match="answers could be altered"):
+        Ledger.open(db)
+    result = CliRunner().invoke(cli, ["violations", "--db", str(db)])
+    assert result.exit_code == 1 and named in result.output
+
+
+ALTERED = [
+    (
+        "a case-blind collation",
+        "ALTER TABLE actions ALTER resource TYPE VARCHAR COLLATE NOCASE",
+    ),
+    ("another type", "ALTER TABLE delegations ALTER scopes TYPE VARCHAR"),
+    ("a renamed column", "ALTER TABLE actions RENAME COLUMN tool TO tool2"),
+    ("a dropped column", "ALTER TABLE actions DROP COLUMN tool"),
+    ("an extra column", "ALTER TABLE actions ADD COLUMN note VARCHAR"),
+    (
+        "a view for a table",
+        "CREATE TABLE actions_real AS SELECT * FROM actions; DROP TABLE actions; "
+        "CREATE VIEW actions AS SELECT * FROM actions_real",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "statement"), ALTERED, ids=[a[0] for a in ALTERED])
+def test_an_altered_projection_table_fails_verify_and_rebuild_restores_it(
+    db: Path, name: str, statement: str
+) -> None:
+    with Ledger.open(db) as ledger:
+        before = [v.to_dict() for v in ledger.violations()]
+
+    def edit(con: duckdb.DuckDBPyConnection) -> None:
+        for index in ("actions_action_id_idx", "delegations_delegation_id_idx"):
+            con.execute(f"DROP INDEX IF EXISTS {index}")  # DuckDB alters no indexed table
+        for part in statement.split("; "):
+            con.execute(part)
+
+    tamper(db, edit)
+    report = verify(db)
+    assert not report.ok, name
+    assert report.catalog, report
+    with Store.open(db, create=False) as store:
+        rebuild(store)
+    if name == "a view for a table":
+        tamper(db, sql("DROP TABLE actions_real"))
+    after = verify(db)
+    assert after.ok, after
+    with Ledger.open(db) as ledger:
+        assert [v.to_dict() for v in ledger.violations()] == before
+
+
+def test_the_case_blind_collation_no_longer_hides_a_finding(db: Path) -> None:
+    """The quoted case: with `COLLATE NOCASE` on `actions.resource`, an edit of the resource's
+    case passed verify and changed `violations`."""
+    action, _ = first_action(db)
+
+    def edit(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("DROP INDEX actions_action_id_idx")
+        con.execute("ALTER TABLE actions ALTER resource TYPE VARCHAR COLLATE NOCASE")
+        con.execute(f"UPDATE actions SET resource = upper(resource) WHERE action_id = '{action}'")
+
+    tamper(db, edit)
+    report = verify(db)
+    assert not report.ok
+    assert "COLLATE" in str(report.reason) or any("COLLATE" in p for p in report.catalog)
