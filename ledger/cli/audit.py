@@ -253,13 +253,18 @@ def prove(
               "before and after a rotation.")  # fmt: skip
 @click.option("--origin", metavar="NAME", help="The log you expect: a checkpoint of any "
               "other origin fails, whoever signed it.")  # fmt: skip
+@click.option("--self-signed", is_flag=True, help="Without --public-key, accept the key "
+              "inside the bundle: proves only that the bundle agrees with itself.")  # fmt: skip
 @json_option
-def verify_proof(file: str, public_keys: tuple[str, ...], origin: str | None, as_json: bool) -> int:
+def verify_proof(
+    file: str, public_keys: tuple[str, ...], origin: str | None, self_signed: bool, as_json: bool
+) -> int:
     """Check a proof bundle offline: leaf hash, audit path or consistency proof, checkpoint
     signatures. No database, no network.
 
-    Pin the log's key with --public-key (and its origin with --origin); without a key
-    the key inside the bundle is used, which only shows the bundle agrees with itself.
+    Pin the log's key with --public-key (and its origin with --origin). Without a key
+    it fails: anyone can sign a bundle with a key of their own. --self-signed checks it
+    against the key inside the bundle, which only shows the bundle agrees with itself.
     A consistency bundle may leave one side unsigned (null checkpoint): the summary
     then says which root nobody signed.
 
@@ -275,6 +280,16 @@ def verify_proof(file: str, public_keys: tuple[str, ...], origin: str | None, as
     from ledger.integrity.proofcheck import ProofCheckError, check_file
 
     pinned = [_key_text(k) for k in public_keys] or None
+    if pinned is None and not self_signed:
+        reason = (
+            "no trusted key: pass --public-key (the log's verifier key, from a channel you "
+            "trust), or --self-signed to check the bundle only against its own key"
+        )
+        if as_json:
+            echo_json({"ok": False, "reason": reason})
+        else:
+            click.echo(f"FAILED: {reason}", err=True)
+        return EXIT_ERROR
     try:
         result = check_file(file, pinned, origin)
     except ProofCheckError as exc:

@@ -72,7 +72,9 @@ def test_checkpoint_prove_and_verify_proof(setup: dict[str, Path]) -> None:
     assert (bundle["seq"], bundle["tree_size"], bundle["checkpoint"]) == (4, 20, note)
     ok = run("verify-proof", d / "p.json", "--public-key", vkey)
     assert ok.exit_code == 0 and "pinned key" in ok.output
-    assert "not pinned" in run("verify-proof", d / "p.json").output
+    unpinned = run("verify-proof", d / "p.json")
+    assert unpinned.exit_code == 1 and "no trusted key" in unpinned.output
+    assert "not pinned" in run("verify-proof", d / "p.json", "--self-signed").output
 
     other = run("keygen", "--out", d / "other")
     assert other.exit_code == 0
@@ -117,7 +119,7 @@ def test_usage_errors_are_one_line(setup: dict[str, Path]) -> None:
     )
     unknown = run("prove", "nope", "--db", db, "--out", d / "x.json")
     assert unknown.output == "error: no event 'nope' in the ledger\n"
-    assert run("verify-proof", d / "absent.json").exit_code == 1
+    assert run("verify-proof", d / "absent.json", "--self-signed").exit_code == 1
 
 
 def test_checkpoint_show_prints_the_latest_without_signing(setup: dict[str, Path]) -> None:
