@@ -122,9 +122,9 @@ def checkpoint_cmd(
         if as_json:
             echo_json(latest.to_dict())
             return
+        valid = "signature valid for the key stored beside it"
         signed = ", ".join(
-            f"{s.id} ({'verified' if s.verified else 'NOT verified with the stored key'})"
-            for s in latest.signers
+            f"{s.id} ({valid if s.verified else 'NOT ' + valid})" for s in latest.signers
         )
         click.echo(
             f"checkpoint #{latest.n} of {latest.origin}: {latest.size:,} entries, "

@@ -136,7 +136,7 @@ def test_checkpoint_show_prints_the_latest_without_signing(setup: dict[str, Path
     assert text.exit_code == 0, text.output
     lines = text.stdout.splitlines()
     assert lines[0].startswith("checkpoint #1 of agent-ledger/ledger: 20 entries, root ")
-    assert lines[1] == f"signed by {key_id} (verified)"
+    assert lines[1] == f"signed by {key_id} (signature valid for the key stored beside it)"
     assert lines[2].startswith("created at ")
     assert "\n".join(lines[4:]).startswith("agent-ledger/ledger\n20\n")
     shown = json.loads(run("checkpoint", "--show", "--db", db, "--json").stdout)
