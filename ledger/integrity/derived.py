@@ -9,7 +9,11 @@ altered or repeated, a row with no entry of its type behind it, a missing table,
 coverage mark (`projection_meta`) that does not match the ledger are all reported with the
 table, the row's key and the seq it should come from.
 
-Cost: decoding is ~6 µs per entry in Python, about four times the chain checks. On a ledger
+It runs after `store.catalog` has found the tables defined exactly as a ledger creates them
+(so a comparison cannot be bent by a collation, a type or a macro saved in the file).
+
+Cost: decoding is ~7 µs per entry in Python, about nine times the chain checks (the verify
+section of bench/RESULTS.md); the comparison itself is a join on seq per table. On a ledger
 opened read-only with 100,000 entries or more, most of the seq range is split between two
 worker processes (`python -P -m ledger.integrity.derived`, each with its own read-only
 connection and one DuckDB thread) while the calling process walks the hash chain, then checks
