@@ -136,10 +136,22 @@ def rows_to_arrow(items: Iterable[Row]) -> dict[str, pa.Table]:
     return out
 
 
-def columns_to_arrow(etype: str, lists: Sequence[list[Any]]) -> pa.Table:
-    """One event type's rows from its column lists (pos, event_id, occurred_at, data...)."""
+def columns_to_arrow(etype: str, lists: Sequence[list[Any]], raw: bool = False) -> pa.Table:
+    """One event type's rows from its column lists (pos, event_id, occurred_at, data...).
+
+    With `raw`, string values may be UTF-8 `bytes`: they are read as binary and cast, which
+    validates them in bulk (raises `pyarrow.ArrowInvalid` on bytes that are not UTF-8)."""
     schema = SCHEMAS[etype][2]
     arrays = [  # timestamps go in as ints of microseconds
-        pa.array(values, field.type) for values, field in zip(lists, schema, strict=True)
+        _raw_array(values, field.type) if raw else pa.array(values, field.type)
+        for values, field in zip(lists, schema, strict=True)
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _raw_array(values: list[Any], kind: pa.DataType) -> pa.Array:
+    if kind == pa.string():
+        return pa.array(values, pa.binary()).cast(kind)
+    if kind == pa.list_(pa.string()):
+        return pa.array(values, pa.list_(pa.binary())).cast(kind)
+    return pa.array(values, kind)

@@ -59,9 +59,16 @@ def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
 class _Source:
     """Emits `def read(b, p)`: one line per wire element, no schema lookups at run time."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: bool = True) -> None:
+        #: strings as `str` (decoded and checked here) or as the raw UTF-8 `bytes`
+        self.text = text
         self.lines: list[str] = []
-        self.consts: dict[str, Any] = {"RL": _read_long, "R": _Reject}
+        self.consts: dict[str, Any] = {
+            "RL": _read_long,
+            "R": _Reject,
+            "FB": int.from_bytes,
+            "E8": _EIGHT,
+        }
         self._n = 0
 
     def var(self, prefix: str) -> str:
@@ -72,10 +79,21 @@ class _Source:
         self.lines.append("    " * depth + line)
 
     def long(self, d: int, target: str) -> None:
-        x = self.var("x")
+        """One byte inline; eight bytes (every timestamp) inline as one int; else `RL`."""
+        x, w, a = self.var("x"), self.var("w"), self.var("a")
         self.emit(d, f"{x} = b[p]")
         self.emit(d, f"if {x} < 128: {target} = ({x} >> 1) ^ -({x} & 1); p += 1")
-        self.emit(d, f"else: {target}, p = RL(b, p)")
+        self.emit(d, "else:")
+        self.emit(d + 1, f"{w} = FB(b[p:p + 8], 'little')")
+        self.emit(d + 1, f"if {w} & 0x8080808080808080 == E8:")
+        self.emit(
+            d + 2,
+            f"{a} = ({w} & 0x7F) | ({w} >> 1 & 0x3F80) | ({w} >> 2 & 0x1FC000) "
+            f"| ({w} >> 3 & 0xFE00000) | ({w} >> 4 & 0x7F0000000) | ({w} >> 5 & 0x3F800000000) "
+            f"| ({w} >> 6 & 0x1FC0000000000) | ({w} >> 7 & 0xFE000000000000)",
+        )
+        self.emit(d + 2, f"{target} = ({a} >> 1) ^ -({a} & 1); p += 8")
+        self.emit(d + 1, f"else: {target}, p = RL(b, p)")
 
     def value(self, schema: Any, target: str, d: int, ns: str) -> None:
         if isinstance(schema, list):
@@ -88,7 +106,8 @@ class _Source:
             n = self.var("n")
             self.long(d, n)
             self.emit(d, f"if {n} < 0: raise R")
-            self.emit(d, f"{target} = b[p:p + {n}].decode(); p += {n}")
+            text = ".decode()" if self.text else ""
+            self.emit(d, f"{target} = b[p:p + {n}]{text}; p += {n}")
         elif kind == "boolean":
             t = self.var("t")
             self.emit(d, f"{t} = b[p]; p += 1")
@@ -187,8 +206,15 @@ class BatchDecoder:
     `check_record`, which give the verdict and the quarantine reason.
     """
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: Codec, checked: bool = True) -> None:
+        """`checked=False` compiles a leaner reader for bytes the ledger already accepted
+        (`verify` recomputing projections): it keeps the parse exact (every byte consumed,
+        the data branch matching the envelope's type) but drops `check_record`'s value rules
+        and the envelope lists (`read_columns` then returns empty ids, types and times;
+        strings stay raw UTF-8 bytes until Arrow validates them in bulk; ~30 % faster. Its
+        `read_columns` returns None for a batch holding a string that is not UTF-8.)"""
         self.codec = codec
+        self.checked = checked
         self.single = FastDecoder(codec)
         self._types: list[str] = []
         self._columns: list[tuple[tuple[str, str], ...]] = []
@@ -202,7 +228,7 @@ class BatchDecoder:
 
     def _compile(self, codec: Codec) -> Callable[..., Any]:
         schema = strip_logical(codec.schema)
-        src = _Source()
+        src = _Source(text=self.checked)
         src.consts.update(R=_Reject, LO=events.MIN_MICROS, HI=events.MAX_MICROS)
         src.emit(0, "def read(values, H, slow, acc, ids, types, times, cols):")
         src.emit(1, "n = 0")
@@ -235,15 +261,17 @@ class BatchDecoder:
             for field in branch["fields"]:
                 fields[field["name"]] = var = src.var("f")
                 src.value(field["type"], var, d + 1, ns)
-            tests = ["p != len(b)", f"{env['type']} != {etype!r}"]
-            tests += [f"{env[n]} == ''" for n in events.ENVELOPE_NON_EMPTY]
-            tests.append(f"not LO <= {env['occurred_at']} <= HI")
-            tests += [f"{fields[n]} == ''" for n in events.DATA_NON_EMPTY[etype]]
-            for n in events.TIMESTAMP_FIELDS[etype]:
-                tests.append(f"({fields[n]} is not None and not LO <= {fields[n]} <= HI)")
-            window = events.WINDOWS.get(etype)
-            if window is not None:
-                tests.append(f"{fields[window[1]]} <= {fields[window[0]]}")
+            spelled = etype if self.checked else etype.encode()
+            tests = ["p != len(b)", f"{env['type']} != {spelled!r}"]
+            if self.checked:
+                tests += [f"{env[n]} == ''" for n in events.ENVELOPE_NON_EMPTY]
+                tests.append(f"not LO <= {env['occurred_at']} <= HI")
+                tests += [f"{fields[n]} == ''" for n in events.DATA_NON_EMPTY[etype]]
+                for n in events.TIMESTAMP_FIELDS[etype]:
+                    tests.append(f"({fields[n]} is not None and not LO <= {fields[n]} <= HI)")
+                window = events.WINDOWS.get(etype)
+                if window is not None:
+                    tests.append(f"{fields[window[1]]} <= {fields[window[0]]}")
             src.emit(d + 1, f"if {' or '.join(tests)}: raise R")
             columns = TABLES[etype][1]
             self._types.append(etype)
@@ -256,9 +284,10 @@ class BatchDecoder:
         src.emit(d, "else: raise R")
         src.emit(d, "n += 1")
         src.emit(d, "acc.append(i)")
-        src.emit(d, f"ids.append({env['event_id']})")
-        src.emit(d, f"types.append({env['type']})")
-        src.emit(d, f"times.append({env['occurred_at']})")
+        if self.checked:
+            src.emit(d, f"ids.append({env['event_id']})")
+            src.emit(d, f"types.append({env['type']})")
+            src.emit(d, f"times.append({env['occurred_at']})")
         src.emit(2, "except (R, IndexError, UnicodeDecodeError, ValueError, TypeError):")
         src.emit(3, "slow.append(i)")
         namespace = dict(src.consts)
@@ -284,5 +313,8 @@ class BatchDecoder:
         tables = {}
         for etype, lists in zip(self._types, cols, strict=True):
             if lists[0]:
-                tables[etype] = columns_to_arrow(etype, lists)
+                try:
+                    tables[etype] = columns_to_arrow(etype, lists, raw=not self.checked)
+                except pa.ArrowInvalid:  # raw strings that are not UTF-8: the full decode says
+                    return None
         return acc, ids, types, times, tables, slow

@@ -12,13 +12,13 @@ table, the row's key and the seq it should come from.
 It runs after `store.catalog` has found the tables defined exactly as a ledger creates them
 (so a comparison cannot be bent by a collation, a type or a macro saved in the file).
 
-Cost: decoding is ~7 µs per entry in Python, about nine times the chain checks (the verify
-section of bench/RESULTS.md); the comparison itself is a join on seq per table. On a ledger
-opened read-only with 100,000 entries or more, most of the seq range is split between two
-worker processes (`python -P -m ledger.integrity.derived`, each with its own read-only
-connection and one DuckDB thread) while the calling process walks the hash chain, then checks
-the last `PARENT_SHARE` of the range itself, so `verify` uses both cores to the end; smaller
-ledgers, writable stores and custom codecs are checked in process.
+Cost: decoding (the lean reader, `BatchDecoder(checked=False)`) is ~5 µs per entry in Python,
+several times the chain checks (the verify section of bench/RESULTS.md); the comparison itself
+is a join on seq per table. On a ledger opened read-only with 100,000 entries or more, a
+worker process (`python -P -m ledger.integrity.derived`, its own read-only connection, one
+DuckDB thread) checks the head of the seq range while the calling process walks the hash
+chain, then checks the last `PARENT_SHARE` of the range itself, so `verify` uses both cores to
+the end; smaller ledgers, writable stores and custom codecs are checked in process.
 """
 
 from __future__ import annotations
@@ -46,11 +46,15 @@ from ledger.store.projections import META_TABLE
 
 __all__ = ["PARALLEL_FROM", "DerivedCheck", "Difference", "check_range"]
 
-#: ledgers at least this large (and opened read-only) are checked by two worker processes
+#: ledgers at least this large (and opened read-only) are checked with worker processes
 PARALLEL_FROM = 100_000
+#: worker processes beside this one: on 2 cores, one (each pays ~0.3 s of imports, and this
+#: process's chain walk already keeps a reader thread busy)
+WORKERS = 1
 #: the tail of the seq range this process checks itself once its chain walk is done, so that
-#: both cores stay busy to the end (of 0, 0.15, 0.25 and 0.35, a quarter was fastest at 1M)
-PARENT_SHARE = 0.25
+#: both cores stay busy to the end (with one worker, of 0.35, 0.4 and 0.45, 0.4 was fastest
+#: at 1M)
+PARENT_SHARE = 0.4
 #: differences kept per range (the total is always counted)
 KEEP = 50
 _BATCH = 32_768
@@ -171,8 +175,12 @@ def check_range(
 def _expected(
     con: duckdb.DuckDBPyConnection, lo: int, hi: int, codec: Codec
 ) -> tuple[dict[str, pa.Table], list[Difference]]:
-    """The rows the entries of [lo, hi) project to, per event type, with their seqs."""
-    decoder = BatchDecoder(codec)
+    """The rows the entries of [lo, hi) project to, per event type, with their seqs.
+
+    The lean reader (`BatchDecoder(checked=False)`) takes every payload of the current
+    schema; the rest (an older schema, anything unusual) goes through the consumer's full
+    decode, which gives the same rows or the reason a payload does not decode."""
+    lean, full = BatchDecoder(codec, checked=False), BatchDecoder(codec)
     parts: dict[str, list[pa.Table]] = {}
     bad: list[Difference] = []
     reader = con.sql(
@@ -181,16 +189,30 @@ def _expected(
     ).to_arrow_reader(_BATCH)
     for batch in reader:
         seqs = batch.column(0).to_pylist()
-        decoded = decode_values(batch.column(1).to_pylist(), decoder)
-        for pos, reason in decoded.rejected:
-            bad.append(Difference("entries", None, seqs[pos], f"payload does not decode: {reason}"))
-        accepted = pa.array([seqs[i] for i in decoded.accepted], pa.int64())
-        for etype, rows in decoded.rows.items():
-            # `pos` counts accepted events of this batch; the table wants the entry's seq
-            parts.setdefault(etype, []).append(
-                rows.set_column(0, "seq", accepted.take(rows.column(0)))
-            )
+        values = batch.column(1).to_pylist()
+        fast = lean.read_columns(values)
+        accepted: list[int] = []
+        rows: dict[str, pa.Table] = {}
+        slow = list(range(len(values)))
+        if fast is not None:
+            accepted, _, _, _, rows, slow = fast
+        _add(parts, rows, [seqs[i] for i in accepted])
+        if slow:
+            decoded = decode_values([values[i] for i in slow], full)
+            for pos, reason in decoded.rejected:
+                why = f"payload does not decode: {reason}"
+                bad.append(Difference("entries", None, seqs[slow[pos]], why))
+            _add(parts, decoded.rows, [seqs[slow[i]] for i in decoded.accepted])
     return {etype: pa.concat_tables(tables) for etype, tables in parts.items()}, bad
+
+
+def _add(parts: dict[str, list[pa.Table]], rows: dict[str, pa.Table], seqs: list[int]) -> None:
+    """Keep decoded `rows`, whose `pos` column counts accepted events, under their seqs."""
+    accepted = pa.array(seqs, pa.int64())
+    for etype, table in rows.items():
+        parts.setdefault(etype, []).append(
+            table.set_column(0, "seq", accepted.take(table.column(0)))
+        )
 
 
 def _compare(
@@ -315,12 +337,14 @@ class DerivedCheck:
         self.redone = 0
 
     @classmethod
-    def start(cls, store: Store, codec: Codec | None = None, workers: int = 2) -> DerivedCheck:
+    def start(
+        cls, store: Store, codec: Codec | None = None, workers: int = WORKERS
+    ) -> DerivedCheck:
         """Start checking `store`; with `workers` > 1 and a large read-only file, in that
         many processes (`python -P -m ledger.integrity.derived PATH LO HI`)."""
         check = cls(store, codec)
         if (
-            workers > 1
+            workers > 0
             and check.size >= PARALLEL_FROM
             and store.read_only
             and store.path != ":memory:"

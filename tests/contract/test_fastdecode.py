@@ -103,3 +103,22 @@ def test_read_long_agrees_with_the_varint_definition_at_every_length() -> None:
         assert _read_long(wire, 1) == (v, 1 + len(_varint(v))), v
         with pytest.raises((IndexError, _Reject)):
             _read_long(wire[: len(_varint(v))], 1)  # cut short: never a value
+
+
+def test_the_lean_batch_reader_gives_the_same_rows(codec: Codec) -> None:
+    """`BatchDecoder(checked=False)` (verify's reader) reads the same projection rows as the
+    consumer's, raw UTF-8 strings included, and gives up on a batch with a non-UTF-8 string."""
+    from ledger.contract.fastdecode import BatchDecoder
+
+    payloads = [codec.encode(events.to_record(events.parse_event(ev))) for ev in _samples()]
+    full = BatchDecoder(codec).read_columns(payloads)
+    lean = BatchDecoder(codec, checked=False).read_columns(payloads)
+    assert full is not None and lean is not None
+    assert lean[0] == full[0] and lean[5] == full[5] == []
+    assert (lean[1], lean[2], lean[3]) == ([], [], [])
+    assert lean[4].keys() == full[4].keys()
+    for etype, table in full[4].items():
+        assert lean[4][etype].equals(table), etype
+    name = b"agent:a"
+    broken = payloads[0].replace(name, b"agent:\xff", 1)
+    assert BatchDecoder(codec, checked=False).read_columns([broken]) is None

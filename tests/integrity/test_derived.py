@@ -314,7 +314,7 @@ def test_worker_processes_find_what_the_check_in_process_finds(
 ) -> None:
     tamper(db, edit)
     with Store.open(db, read_only=True) as store:
-        in_process = derived.DerivedCheck.start(store, workers=1).result()
+        in_process = derived.DerivedCheck.start(store, workers=0).result()
         monkeypatch.setattr(derived, "PARALLEL_FROM", 1)
         check = derived.DerivedCheck.start(store, workers=2)
         assert len(check._workers) == 2
@@ -328,7 +328,7 @@ def test_a_failing_worker_is_redone_in_process(db: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(derived, "PARALLEL_FROM", 1)
     monkeypatch.setattr(derived.sys, "executable", shutil.which("false") or "/bin/false")
     with Store.open(db, read_only=True) as store:
-        check = derived.DerivedCheck.start(store)
+        check = derived.DerivedCheck.start(store, workers=2)
         found, total = check.result()
     assert total == 1 and found[0].key == "d2"
     assert check.redone == 2
