@@ -25,6 +25,7 @@ from ledger._text import first_line
 from ledger.config import load
 from ledger.contract.batch import EventBatch, Incoming, Rejected
 from ledger.errors import StoreError
+from ledger.store.meta import meta_chain_of
 from ledger.store.quarantine import split_repeats
 from ledger.store.seen import SeenIds
 from ledger.tlog import chain
@@ -246,8 +247,6 @@ class Store:
         cannot, and `verify` keeps saying so."""
         if self.recorded_meta() is not None or not self.size():
             return
-        from ledger.store.meta import meta_chain_of
-
         found = meta_chain_of(self.con)
         if found.meta is not None:
             self.con.execute(
