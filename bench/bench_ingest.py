@@ -12,12 +12,11 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
 
 from bench.generate import write_jsonl
-from bench.results import environment, write_section
+from bench.results import environment, timed, write_section
 from ledger.contract.codec import default_codec
 from ledger.integrity.verify import _check_rows, verify_store
 from ledger.store import Store, StoreExtension
@@ -29,12 +28,6 @@ OUT = Path(__file__).with_name("out")
 INGEST_TARGET = 20_000
 #: verify recomputes the projections since issue 12, whose target is 1M entries in 5 s
 VERIFY_TARGET = 200_000
-
-
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def fresh(path: Path) -> Path:

@@ -21,13 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from hashlib import sha256
 from pathlib import Path
 
 from bench.bench_queries import build
-from bench.results import environment, write_section
+from bench.results import environment, timed, write_section
 from ledger.contract.batch import decode_values
 from ledger.contract.codec import default_codec
 from ledger.contract.fastdecode import BatchDecoder
@@ -38,12 +37,6 @@ from ledger.store import Store
 N = int(os.environ.get("BENCH_VERIFY_EVENTS", "1000000"))
 TARGET_S = 5.0
 CHAIN_TARGET = 500_000
-
-
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
 
 
 def median_of(k: int, fn: Callable[[], object]) -> float:

@@ -13,7 +13,8 @@ import os
 import platform
 import re
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,3 +96,10 @@ def environment() -> str:
         f"(load average {load:.1f} at start), Python {platform.python_version()}, "
         f"{malloc_settings()}"
     )
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Seconds `fn()` takes, in process (`time.perf_counter`)."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
