@@ -3,8 +3,10 @@
 Measured in one run on the same topic: the emitter (validate + encode + send, one process),
 a bare aiokafka `getmany` loop over the topic (the ceiling: no decode, no storage), and the
 ledger consumer into a fresh ledger file (decode, dedupe, chain, projections, Merkle, offsets,
-one transaction per batch). Rates are steady state: first message fetched to last batch
-committed (group join and the idle wait are reported apart). Targets on the 2-core reference
+one transaction per batch). Then the same for lz4 and zstd input (the events emitted
+compressed to a topic each: raw loop and ledger consumer on that topic). Rates are steady
+state: first message fetched to last batch committed (group join and the idle wait are
+reported apart). Targets on the 2-core reference
 machine: consume >= 25k events/s (>= 0.12 of the ceiling; aim 0.25), emit >= 20k events/s.
 """
 
@@ -24,7 +26,7 @@ from bench.generate import generate
 from bench.results import environment, write_section
 from ledger.config import load
 from ledger.store import Store
-from ledger.stream.broker import EmbeddedBroker
+from ledger.stream.broker import EmbeddedBroker, create_topic
 from ledger.stream.consumer import ConsumeStats, LedgerConsumer, tune_process
 from ledger.stream.emitter import Emitter
 
@@ -38,9 +40,15 @@ CONSUME_TARGET = 25_000
 EMIT_TARGET = 20_000
 
 
-async def emit_all(bootstrap: str, items: list[dict[str, Any]], spool: Path) -> float:
+async def emit_all(
+    bootstrap: str,
+    items: list[dict[str, Any]],
+    spool: Path,
+    topic: str = TOPIC,
+    compression: str | None = None,
+) -> float:
     """Seconds for the async emitter to validate, encode, send and have every event acked."""
-    async with Emitter(bootstrap, TOPIC, spool_path=spool) as em:
+    async with Emitter(bootstrap, topic, spool_path=spool, compression=compression) as em:
         started = time.perf_counter()
         for ev in items:
             await em.emit(ev)
@@ -50,12 +58,12 @@ async def emit_all(bootstrap: str, items: list[dict[str, Any]], spool: Path) -> 
     return elapsed
 
 
-async def raw_consume(bootstrap: str, group: str, **fetch: int) -> float:
+async def raw_consume(bootstrap: str, group: str, topic: str = TOPIC, **fetch: int) -> float:
     """Seconds from the first to the last message for a bare aiokafka consumer (the ceiling)."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        TOPIC,
+        topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         auto_offset_reset="earliest",
@@ -89,12 +97,17 @@ def _rusage_cpu(who: int) -> float:
 
 
 def ledger_consume(
-    bootstrap: str, db: Path, group: str, workers: int, broker_pid: int | None
+    bootstrap: str,
+    db: Path,
+    group: str,
+    workers: int,
+    broker_pid: int | None,
+    topic: str = TOPIC,
 ) -> tuple[ConsumeStats, dict[str, float]]:
     """One consumer run into a fresh ledger; also the CPU seconds of each process involved."""
     for p in (db, db.with_name(db.name + ".wal")):
         p.unlink(missing_ok=True)
-    settings = load(bootstrap_servers=bootstrap, topic=TOPIC, group=group, db=str(db))
+    settings = load(bootstrap_servers=bootstrap, topic=topic, group=group, db=str(db))
     cpu0 = _rusage_cpu(resource.RUSAGE_SELF), _rusage_cpu(resource.RUSAGE_CHILDREN)
     broker0 = _cpu_ticks(broker_pid) if broker_pid else 0.0
     with Store.open(db) as store:
@@ -107,6 +120,33 @@ def ledger_consume(
     }
     assert (stats.appended, stats.quarantined) == (N, 0), stats
     return stats, cpu
+
+
+CODECS = ("lz4", "zstd")
+
+
+def _compressed(
+    bootstrap: str, items: list[dict[str, Any]], tmp: Path, db: Path, codec: str
+) -> tuple[float, float, float]:
+    """(raw ceiling, ledger rate, ratio) on a topic written with `codec`, medians of ROUNDS."""
+    topic = f"{TOPIC}-{codec}"
+    asyncio.run(create_topic(bootstrap, topic, PARTITIONS))
+    asyncio.run(emit_all(bootstrap, items, tmp / f"spool-{codec}", topic, codec))
+    big = {"max_partition_fetch_bytes": 8 << 20, "fetch_max_bytes": 64 << 20}
+    raws, rates = [], []
+    for rnd in range(ROUNDS):
+        raws.append(N / asyncio.run(raw_consume(bootstrap, f"raw-{codec}-{rnd}", topic, **big)))
+        stats, _ = ledger_consume(bootstrap, db, f"ledger-{codec}-{rnd}", 1, None, topic)
+        rates.append(N / stats.active_seconds)
+    ratio = statistics.median(r / c for r, c in zip(rates, raws, strict=True))
+    return statistics.median(raws), statistics.median(rates), ratio
+
+
+def _codec_rows(found: dict[str, tuple[float, float, float]]) -> str:
+    return "\n".join(
+        f"| {codec} | {raw:,.0f} | {rate:,.0f} | {ratio:.3f} |"
+        for codec, (raw, rate, ratio) in found.items()
+    )
 
 
 def main() -> None:
@@ -130,6 +170,7 @@ def main() -> None:
             raw_defaults.append(N / asyncio.run(raw_consume(bootstrap, f"raw-default-{rnd}")))
             runs.append(ledger_consume(bootstrap, db, f"ledger-{rnd}", 1, broker.pid))
             singles.append(ledger_consume(bootstrap, db, f"single-{rnd}", 0, None)[0])
+        compressed = {c: _compressed(bootstrap, items, Path(tmp), db, c) for c in CODECS}
     rates = [N / s.active_seconds for s, _ in runs]
     single_rates = [N / s.active_seconds for s in singles]
     best, cpu = runs[rates.index(statistics.median(rates))]
@@ -165,6 +206,15 @@ process), each ledger run into a fresh file; ratios are medians of the per-round
 | **ratio** consume / raw ceiling (the faster raw run of each round) | {ratio:.3f} \
 | >= 0.12 (aim 0.25) |
 | ratio in one process / raw ceiling | {ratio_single:.3f} | |
+
+**Compressed input**: the same events emitted with `Emitter(compression=...)` to a topic of
+their own; per codec, {ROUNDS} interleaved rounds of the raw aiokafka loop (the consumer's fetch
+sizes) and `ledger consume` (decode worker on) on that topic; medians, the ratio is the median of
+the per-round ratios.
+
+| input codec | raw ceiling events/s | `ledger consume` events/s | ratio |
+|---|---|---|---|
+{_codec_rows(compressed)}
 
 Rounds, events/s: with the decode worker {", ".join(f"{r:,.0f}" for r in rates)}; in one
 process {", ".join(f"{r:,.0f}" for r in single_rates)}.

@@ -1,20 +1,30 @@
-"""All settings in one place: flags override `LEDGER_*` environment variables override defaults."""
+"""All settings in one place: flags override `LEDGER_*` environment variables override the
+config file (`LEDGER_CONFIG` or `--config`, else `./ledger.toml` when present) overrides
+defaults."""
 
 from __future__ import annotations
 
+import os
+import re
+import tomllib
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ledger.errors import ConfigError
 
 __all__ = [
+    "CONFIG_FILE",
     "DEFAULT_BOOTSTRAP",
     "DEFAULT_DB",
     "DEFAULT_GROUP",
     "DEFAULT_TOPIC",
+    "FLAGS",
     "Settings",
+    "configured",
     "load",
     "root_authority_ids",
 ]
@@ -23,6 +33,12 @@ DEFAULT_DB = "ledger.duckdb"
 DEFAULT_TOPIC = "agent-audit-events"
 DEFAULT_GROUP = "agent-ledger"
 DEFAULT_BOOTSTRAP = "localhost:9092"
+#: read when present in the working directory and no `LEDGER_CONFIG` names another
+CONFIG_FILE = "ledger.toml"
+
+#: Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic.validate)
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -38,7 +54,12 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # SASL password from a file instead (a mounted secret); read when connecting.
+    sasl_password_file: str | None = None
     ssl_cafile: str | None = None
+    # Mutual TLS: the client's certificate and private key (PEM files).
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     # Checkpoints: the private key file that signs them (`--key`, repeatable on the command
     # line: several keys sign together during a key handover).
     key: str | None = None
@@ -50,6 +71,14 @@ class Settings(BaseSettings):
     # the aiokafka defaults 10 s / 3 s elsewhere. Real Kafka requires >= 6 s by default.
     session_timeout_ms: int | None = None
     heartbeat_interval_ms: int | None = None
+    # Consumer: read_committed skips the records of aborted Kafka transactions (and waits for
+    # open ones); read_uncommitted takes every record as it is written.
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
+    # Emitter: how record batches are compressed on the wire (the consumer reads all four).
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    # Consumer: DuckDB's memory limit for the ledger file it writes (its buffer pool and
+    # caches; DuckDB's own default is 80 % of RAM, and a long-running consumer grew to fill it).
+    memory_limit: str = "1GB"
     # Consumer: most events per DuckDB transaction (one `getmany`).
     batch_size: int = 10_000
     # Consumer: processes decoding messages beside it; None = 1 with two or more cores, else 0.
@@ -59,14 +88,117 @@ class Settings(BaseSettings):
     # e.g. an IdP's service principal; ROOT_NOT_HUMAN otherwise).
     max_chain_depth: int = Field(default=32, ge=1)
     root_authorities: str = ""
+    # Logging of the long-running commands (consume, broker): DEBUG, INFO, WARNING, ERROR.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Emitter: where events wait on disk while the broker is unreachable, and its size limit.
     spool: str | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlFile(settings_cls)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if not _SIZE.fullmatch(value.strip()):
+            raise ValueError("not a size such as 512MB, 2GB or 1.5GiB")
+        return value.strip()
+
+    @field_validator("topic")
+    @classmethod
+    def _kafka_topic_name(cls, value: str) -> str:
+        if not _TOPIC.fullmatch(value) or value in (".", ".."):
+            raise ValueError(
+                "not a Kafka topic name (1-249 of the characters a-z A-Z 0-9 . _ -, "
+                "not '.' or '..')"
+            )
+        return value
+
+
+class _TomlFile(PydanticBaseSettingsSource):
+    """The config file: top-level keys named as the settings (`db = "audit.duckdb"`,
+    `bootstrap_servers = "kafka:9092"`). A key that is no setting is an error, not ignored:
+    a typo must not silently leave a default in force."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.values = _read_config(settings_cls)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def configured() -> dict[str, Any]:
+    """The config file's settings as written (empty without a file); `ConfigError` for a
+    file that cannot be read or names no setting."""
+    return _read_config(Settings)
+
+
+def _read_config(settings_cls: type[BaseSettings]) -> dict[str, Any]:
+    named = os.environ.get("LEDGER_CONFIG")
+    path = Path(named) if named else Path(CONFIG_FILE)
+    if not named and not path.is_file():
+        return {}
+    try:
+        values = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    unknown = sorted(set(values) - set(settings_cls.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: {', '.join(unknown)} is not a setting "
+            f"(settings: {', '.join(sorted(settings_cls.model_fields))})"
+        )
+    return values
 
 
 def root_authority_ids(settings: Settings) -> frozenset[str]:
     """The allow-listed root authorities of `settings.root_authorities` (comma-separated)."""
     return frozenset(p.strip() for p in settings.root_authorities.split(",") if p.strip())
+
+
+#: the command-line flag of each setting that has one (`load` names it in errors; a test holds
+#: every flag here to exist on some command)
+FLAGS: dict[str, str] = {
+    "db": "--db",
+    "bootstrap_servers": "--bootstrap-servers",
+    "topic": "--topic",
+    "group": "--group",
+    "security_protocol": "--security-protocol",
+    "sasl_mechanism": "--sasl-mechanism",
+    "sasl_username": "--sasl-username",
+    "sasl_password_file": "--sasl-password-file",
+    "ssl_cafile": "--ssl-cafile",
+    "ssl_certfile": "--ssl-certfile",
+    "ssl_keyfile": "--ssl-keyfile",
+    "key": "--key",
+    "origin": "--origin",
+    "isolation_level": "--isolation-level",
+    "compression": "--compression",
+    "batch_size": "--batch-size",
+    "decode_workers": "--decode-workers",
+    "max_chain_depth": "--max-chain-depth",
+    "root_authorities": "--root-authority",
+    "log_level": "--log-level",
+    "memory_limit": "--memory-limit",
+    "spool": "--spool",
+}
 
 
 def load(**overrides: Any) -> Settings:
@@ -76,7 +208,8 @@ def load(**overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         name = ".".join(str(p) for p in err["loc"])
+        where = f"LEDGER_{name.upper()}" + (f" or {FLAGS[name]}" if name in FLAGS else "")
         raise ConfigError(
-            f"setting {name} (LEDGER_{name.upper()} or --{name.replace('_', '-')}): "
-            f"{err['msg']}, got {err['input']!r}"
+            f"setting {name} ({where}): "
+            f"{err['msg'].removeprefix('Value error, ')}, got {err['input']!r}"
         ) from exc

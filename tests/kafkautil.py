@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -85,6 +85,7 @@ def consume_into(
     until_idle: float = 0.5,
     checkpointer: Checkpointer | None = None,
     decode_workers: int | None = None,
+    reset_offsets: Literal["earliest", "stored"] | None = None,
 ) -> ConsumeStats:
     """Run the ledger consumer in-process until it is idle and caught up."""
     settings = load(
@@ -97,6 +98,7 @@ def consume_into(
             until_idle=until_idle,
             checkpointer=checkpointer,
             decode_workers=decode_workers,
+            reset_offsets=reset_offsets,
         )
         return asyncio.run(consumer.run())
 

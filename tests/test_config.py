@@ -1,13 +1,24 @@
-"""Settings: flags over `LEDGER_*` over defaults, and a bad value is one clear line."""
+"""Settings: flags over `LEDGER_*` over the config file over defaults; a bad value is one
+clear line."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ledger.cli import cli
-from ledger.config import load
+from ledger.config import FLAGS, Settings, load
 from ledger.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _no_config_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root --config / --log-level flags set LEDGER_* for the process: undone after."""
+    for name in ("LEDGER_CONFIG", "LEDGER_LOG_LEVEL"):
+        monkeypatch.setenv(name, "")  # records the value to restore, even "not set"
+        monkeypatch.delenv(name)
 
 
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,3 +49,80 @@ def test_a_bad_environment_value_is_a_one_line_config_error(
     result = CliRunner().invoke(cli, ["consume", "--until-idle", "1"])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and env in result.output
+
+
+def test_the_config_file_sits_between_the_environment_and_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conf = tmp_path / "prod.toml"
+    conf.write_text('topic = "from-file"\nbatch_size = 123\ndb = "file.duckdb"\n')
+    monkeypatch.setenv("LEDGER_CONFIG", str(conf))
+    assert (load().topic, load().batch_size, load().db) == ("from-file", 123, "file.duckdb")
+    monkeypatch.setenv("LEDGER_TOPIC", "from-env")
+    assert load().topic == "from-env" and load(topic="from-flag").topic == "from-flag"
+    assert load().batch_size == 123
+
+
+def test_ledger_toml_in_the_working_directory_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LEDGER_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load().topic == "agent-audit-events"
+    (tmp_path / "ledger.toml").write_text('topic = "here"\n')
+    assert load().topic == "here"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('topik = "x"\n', "topik is not a setting"),
+        ("topic = \n", "config file"),
+        ('batch_size = "many"\n', "batch_size"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, says: str
+) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(text)
+    result = CliRunner().invoke(cli, ["--config", str(conf), "consume", "--until-idle", "1"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert says in result.output
+
+
+def test_a_named_config_file_that_is_missing_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LEDGER_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
+        load()
+
+
+def test_the_config_file_db_is_the_default_of_every_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'db = "{tmp_path / "absent.duckdb"}"\n')
+    monkeypatch.delenv("LEDGER_DB", raising=False)
+    result = CliRunner().invoke(cli, ["--config", str(conf), "verify"])
+    assert result.exit_code == 1 and "absent.duckdb" in result.output
+
+
+def test_every_flag_an_error_suggests_exists() -> None:
+    """`load` names FLAGS[setting] in its errors: each must be a real option of a command."""
+    import click
+
+    options: set[str] = set()
+    for command in cli.commands.values():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                options.update(param.opts)
+    options.update(o for p in cli.params if isinstance(p, click.Option) for o in p.opts)
+    assert set(FLAGS.values()) <= options, set(FLAGS.values()) - options
+    assert set(FLAGS) <= set(Settings.model_fields)
+
+
+def test_log_level_is_a_setting_and_a_root_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEDGER_LOG_LEVEL", "warning")
+    assert load().log_level == "WARNING"

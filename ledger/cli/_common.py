@@ -87,11 +87,19 @@ def db_option(f: F) -> F:
         "--db",
         "db",
         envvar="LEDGER_DB",
-        default="ledger.duckdb",
-        show_default=True,
+        default=_configured_db,
         metavar="PATH",
-        help="Ledger file (DuckDB). Env: LEDGER_DB.",
+        help="Ledger file (DuckDB). Env: LEDGER_DB. [default: `db` of the config file, "
+        "else ledger.duckdb]",
     )(f)
+
+
+def _configured_db() -> str:
+    """The `db` of the config file when it sets one (read only when --db and LEDGER_DB are
+    both absent), else the default."""
+    from ledger.config import DEFAULT_DB, configured
+
+    return str(configured().get("db", DEFAULT_DB))
 
 
 def json_option(f: F) -> F:

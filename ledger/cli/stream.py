@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -28,28 +29,52 @@ F = TypeVar("F", bound=Callable[..., Any])
 MAX_LISTED = 20
 
 
+#: (flag, setting, help) of the options saying how to reach a secured cluster
+SECURITY_OPTIONS = (
+    ("--security-protocol", "security_protocol",
+     "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. [default: PLAINTEXT]"),
+    ("--sasl-mechanism", "sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."),
+    ("--sasl-username", "sasl_username", "SASL user name."),
+    ("--sasl-password-file", "sasl_password_file",
+     "File holding the SASL password (or set LEDGER_SASL_PASSWORD)."),
+    ("--ssl-cafile", "ssl_cafile", "CA bundle that verifies the brokers' certificates."),
+    ("--ssl-certfile", "ssl_certfile", "Client certificate (PEM), for mutual TLS."),
+    ("--ssl-keyfile", "ssl_keyfile", "Client private key (PEM), for mutual TLS."),
+)  # fmt: skip
+
+
 def kafka_options(f: F) -> F:
-    """--bootstrap-servers / --topic (env LEDGER_BOOTSTRAP_SERVERS, LEDGER_TOPIC)."""
-    f = click.option(
+    """--bootstrap-servers / --topic and the security flags (each also a LEDGER_* variable);
+    the security ones reach the command as one `security` dict for `load()`."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        security = {name: kwargs.pop(name) for _, name, _ in SECURITY_OPTIONS}
+        return f(*args, security=security, **kwargs)
+
+    g: Any = wrapper
+    for flag, name, text in reversed(SECURITY_OPTIONS):
+        g = click.option(
+            flag, name, default=None, metavar="VALUE", help=f"{text} Env: LEDGER_{name.upper()}."
+        )(g)
+    g = click.option(
         "--topic",
         default=None,
         metavar="NAME",
         help="Kafka topic. Env: LEDGER_TOPIC. [default: agent-audit-events]",
-    )(f)
-    return click.option(
+    )(g)
+    return click.option(  # type: ignore[no-any-return]
         "--bootstrap-servers",
         "-b",
         default=None,
         metavar="HOST:PORT[,...]",
-        help="Kafka brokers. Env: LEDGER_BOOTSTRAP_SERVERS. [default: localhost:9092] "
-        "SASL/SSL: LEDGER_SECURITY_PROTOCOL, LEDGER_SASL_MECHANISM, LEDGER_SASL_USERNAME, "
-        "LEDGER_SASL_PASSWORD, LEDGER_SSL_CAFILE.",
-    )(f)
+        help="Kafka brokers. Env: LEDGER_BOOTSTRAP_SERVERS. [default: localhost:9092]",
+    )(g)
 
 
-def _logging(verbose: bool) -> None:
+def _logging(verbose: bool, level: str = "INFO") -> None:
     logging.basicConfig(
-        level=logging.INFO,
+        level=getattr(logging, level, logging.INFO),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
@@ -64,6 +89,12 @@ def _logging(verbose: bool) -> None:
     "--skip-invalid", is_flag=True, help="Send the valid lines even if some are invalid (exit 3)."
 )
 @click.option("--spool", default=None, metavar="PATH", help="Spool file. Env: LEDGER_SPOOL.")
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "gzip", "snappy", "lz4", "zstd"]),
+    default=None,
+    help="Compress record batches on the wire. Env: LEDGER_COMPRESSION. [default: none]",
+)
 @json_option
 def emit(
     *,
@@ -72,6 +103,8 @@ def emit(
     topic: str | None,
     skip_invalid: bool,
     spool: str | None,
+    compression: str | None,
+    security: dict[str, Any],
     as_json: bool,
 ) -> int:
     """Send events from a JSON Lines file (`-` reads stdin) to Kafka as single-object Avro.
@@ -85,6 +118,7 @@ def emit(
     Examples:
       ledger emit examples/events.jsonl -b localhost:9092
       cat events.jsonl | ledger emit - --topic agent-audit-events --skip-invalid
+      ledger emit events.jsonl --compression zstd
 
     Exit: 0 all sent, 3 some lines skipped (--skip-invalid), 1 invalid input or Kafka error.
     """
@@ -94,8 +128,11 @@ def emit(
 
     if file != "-" and not os.path.isfile(file):
         raise LedgerError(f"no such file: {file}")
-    _logging(False)
-    settings = load(bootstrap_servers=bootstrap_servers, topic=topic, spool=spool)
+    settings = load(
+        bootstrap_servers=bootstrap_servers, topic=topic, spool=spool, compression=compression,
+        **security,
+    )  # fmt: skip
+    _logging(False, settings.log_level)
     summary = emit_lines(read_lines([file]), settings, skip_invalid=skip_invalid)
     if as_json:
         echo_json(summary.to_dict())
@@ -181,6 +218,27 @@ def emit(
     metavar="SECONDS",
     help="With --key: checkpoint pending entries after SECONDS, idle or not (0 = off).",
 )
+@click.option(
+    "--isolation-level",
+    type=click.Choice(["read_committed", "read_uncommitted"]),
+    default=None,
+    help="read_committed never takes records of aborted Kafka transactions. "
+    "Env: LEDGER_ISOLATION_LEVEL. [default: read_committed]",
+)
+@click.option(
+    "--memory-limit",
+    default=None,
+    metavar="SIZE",
+    help="DuckDB memory limit of the consumer, e.g. 512MB, 2GB. Env: LEDGER_MEMORY_LIMIT. "
+    "[default: 1GB]",
+)
+@click.option(
+    "--reset-offsets",
+    type=click.Choice(["earliest", "stored"]),
+    default=None,
+    help="After exit code 5 (the topic is not the one the ledger read): 'earliest' reads it "
+    "all again (repeats are deduped), 'stored' resumes at the stored offsets anyway.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Also log the Kafka client's own messages.")
 @json_option
 def consume(
@@ -196,7 +254,11 @@ def consume(
     origin: str | None,
     checkpoint_every: int,
     checkpoint_interval: float,
+    isolation_level: str | None,
+    memory_limit: str | None,
+    reset_offsets: Literal["earliest", "stored"] | None,
     verbose: bool,
+    security: dict[str, Any],
     as_json: bool,
 ) -> int:
     """Append events from Kafka to the ledger, exactly once, until Ctrl-C or SIGTERM.
@@ -206,33 +268,47 @@ def consume(
     offsets stored in the ledger, whatever Kafka's group offsets say. Malformed
     messages go to the `quarantine` table as `kafka:TOPIC/PARTITION/OFFSET`.
     Progress (events/s, lag per partition) is logged to stderr every few seconds;
-    an unreachable broker is retried with backoff, and said so. Decoding runs in
-    a worker process on the second core, one batch ahead of the append.
+    an unreachable broker is retried with backoff, and said so. Failures no retry
+    can cure (a codec, credentials or authorization the broker refuses, a topic
+    that does not exist: consume never creates one) stop the run with one line.
+    With --until-idle, a broker silent for that long stops it too. Gzip, snappy,
+    lz4 and zstd batches are all read. Decoding runs in a worker process on the
+    second core, one batch ahead of the append.
 
     \b
     Examples:
       ledger consume -b localhost:9092 --db audit.duckdb
       ledger consume --until-idle 5 && ledger verify
       ledger consume --key keys/ledger.key --checkpoint-every 50000
-      LEDGER_BOOTSTRAP_SERVERS=kafka:9093 LEDGER_SECURITY_PROTOCOL=SASL_SSL ledger consume
+      ledger consume -b kafka:9093 --security-protocol SASL_SSL \\
+        --sasl-mechanism SCRAM-SHA-512 --sasl-username ledger --sasl-password-file pw.txt
 
-    Exit: 0 stopped by signal or idle, 1 error.
+    On resuming, the last record read from each partition is fetched again and
+    compared with what the ledger read: a recreated topic, or a broker that lost
+    its data, stops the run (exit 5) instead of skipping records silently.
+
+    Exit: 0 stopped by signal or idle, 1 error, 4 Kafka failure that no retry cures
+    (or no broker answered within --until-idle), 5 the topic is not the one the
+    ledger read (see --reset-offsets).
     """
     from ledger.config import load
     from ledger.integrity.checkpoint import Checkpointer
     from ledger.stream.consumer import consume as run_consume
 
-    _logging(verbose)
     settings = load(
         bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db, batch_size=batch_size,
         decode_workers=decode_workers, key=keys[0] if keys else None, origin=origin,
+        isolation_level=isolation_level, memory_limit=memory_limit, **security,
     )  # fmt: skip
+    _logging(verbose, settings.log_level)
     checkpointer = (
         Checkpointer.from_settings(settings, checkpoint_every, checkpoint_interval, keys)
         if settings.key
         else None
     )
-    stats = run_consume(settings, until_idle=until_idle, checkpointer=checkpointer)
+    stats = run_consume(
+        settings, until_idle=until_idle, checkpointer=checkpointer, reset_offsets=reset_offsets
+    )
     if as_json:
         echo_json(stats.to_dict())
     else:

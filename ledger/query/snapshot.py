@@ -25,6 +25,11 @@ __all__ = ["HOP_CACHE", "Graph", "SmallTables", "Snapshot", "dict_rows"]
 
 #: delegation rows remembered by a read-only snapshot (chains share their upper hops)
 HOP_CACHE = 50_000
+#: ids a point lookup may join against through an index (a principal's delegations reach a
+#: few hundred at 10M events); above it DuckDB scans with a Bloom filter
+POINT_KEYS = 2048
+#: DuckDB's default `dynamic_or_filter_threshold`, kept for scans
+SCAN_KEYS = 50
 
 
 @dataclass(slots=True)
@@ -131,6 +136,7 @@ class Snapshot:
         row = self.con.execute("SELECT current_setting('threads')").fetchone()
         self.cores = int(row[0]) if row else 1
         self._threads = self.cores
+        self._keys = SCAN_KEYS
 
     def threads(self, n: int) -> None:
         """Point-lookup work runs on one thread (on a busy 2-core box, waking a second one
@@ -140,12 +146,21 @@ class Snapshot:
             self._threads = n
 
     def point_lookups(self) -> None:
-        """Set up for a handful of indexed lookups (one thread)."""
+        """Set up for a handful of indexed lookups (one thread; a join against up to
+        `POINT_KEYS` ids, such as a principal's delegations, becomes an index lookup instead
+        of a scan of the table: DuckDB's `dynamic_or_filter_threshold`)."""
         self.threads(1)
+        self._join_keys(POINT_KEYS)
 
     def full_scans(self) -> None:
-        """Set up for scans of whole tables (every core)."""
+        """Set up for scans of whole tables (every core, DuckDB's default join filters)."""
         self.threads(self.cores)
+        self._join_keys(SCAN_KEYS)
+
+    def _join_keys(self, n: int) -> None:
+        if self._keys != n:
+            self.con.execute(f"SET dynamic_or_filter_threshold = {int(n)}")
+            self._keys = n
 
     def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Every row of `sql` as a dict keyed by column name."""

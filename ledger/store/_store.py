@@ -31,6 +31,8 @@ from ledger.store.seen import SeenIds
 from ledger.tlog import chain
 
 FORMAT_VERSION = "1"
+#: ledger_meta key prefix of the consumer's per-partition marks (`Store.marks`)
+_MARK = "kafka_mark:"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 SCHEMA_SQL = """
@@ -316,6 +318,18 @@ class Store:
         ).fetchall()
         return {int(p): int(o) for p, o in rows}
 
+    def marks(self, topic: str) -> dict[int, tuple[int, bytes]]:
+        """Per partition of `topic`, (offset, SHA-256 of the value) of the last record read,
+        as committed with the offsets (partitions read before marks existed are absent)."""
+        rows = self.con.execute(
+            "SELECT key, value FROM ledger_meta WHERE starts_with(key, ?)", [f"{_MARK}{topic}/"]
+        ).fetchall()
+        out: dict[int, tuple[int, bytes]] = {}
+        for key, value in rows:
+            offset, digest = str(value).split(":")
+            out[int(str(key).rsplit("/", 1)[1])] = (int(offset), bytes.fromhex(digest))
+        return out
+
     def counts(self) -> dict[str, int]:
         rows = self.con.execute(
             "SELECT 'entries', count(*) FROM entries UNION ALL "
@@ -346,8 +360,13 @@ class Store:
         events: Sequence[Incoming] | EventBatch,
         rejected: Sequence[Rejected] = (),
         offsets: Mapping[tuple[str, int], int] | None = None,
+        marks: Mapping[tuple[str, int], tuple[int, bytes]] | None = None,
     ) -> AppendResult:
         """Append a batch in one transaction: entries, quarantine, offsets, derived state.
+
+        `marks` records, per (topic, partition), the offset and SHA-256 of the last record
+        read, so that a consumer resuming later can tell that the topic is still the one it
+        read (`marks()`).
 
         An event whose `event_id` is already in the ledger (or earlier in the batch) is not
         appended again. With the same payload bytes as that first copy it is an exact repeat,
@@ -405,6 +424,11 @@ class Store:
                 self._insert_quarantine([*rejected, *conflicts], now)
             if offsets:
                 self._upsert_offsets(offsets, now)
+            if marks:
+                con.executemany(
+                    "INSERT OR REPLACE INTO ledger_meta VALUES (?, ?)",
+                    [[_MARK + f"{t}/{p}", f"{o}:{h.hex()}"] for (t, p), (o, h) in marks.items()],
+                )
             con.execute("COMMIT")
         except BaseException as exc:
             with contextlib.suppress(duckdb.Error):

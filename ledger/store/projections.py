@@ -23,6 +23,7 @@ __all__ = [
     "INDEXES",
     "META_TABLE",
     "TABLE_NAMES",
+    "UNCOMPRESSED",
     "Projections",
     "create_indexes",
     "insert_tables",
@@ -30,14 +31,31 @@ __all__ = [
     "rebuild",
 ]
 
-#: point lookups the investigator queries make (ART indexes; everything else is a scan)
+#: point lookups the investigator queries make (ART indexes; everything else is a scan).
+#: Each costs ~0.1 µs per appended row; blast radius by principal or credential goes from a
+#: scan of every action to a few hundred row fetches (bench/RESULTS.md, queries).
 INDEXES: tuple[tuple[str, str], ...] = (
     ("actions", "action_id"),
+    ("actions", "delegation_id"),
+    ("actions", "principal_id"),
+    ("actions", "credential_id"),
     ("delegations", "delegation_id"),
     ("credentials", "credential_id"),
+    ("credentials", "delegation_id"),
+    ("credentials", "principal_id"),
     ("decisions", "decision_id"),
     ("decisions", "action_id"),
 )
+
+#: high-cardinality columns that point lookups fetch row by row, stored without compression:
+#: fetching one row of a DICT_FSST column costs ~10 µs, uncompressed ~1 µs (measured at 10M
+#: events, where blast radius by principal fetches hundreds of actions). Low-cardinality
+#: columns (principal_id, tool, operation) fetch cheaply compressed and stay so; scans pay
+#: for the wider columns (see bench/RESULTS.md). Answers never depend on it.
+UNCOMPRESSED: dict[str, frozenset[str]] = {
+    "actions": frozenset({"action_id", "credential_id", "resource"}),
+    "credentials": frozenset({"credential_id"}),
+}
 META_TABLE = "projection_meta"
 
 
@@ -54,7 +72,7 @@ class Projections:
             ).fetchall()
         }
         for table, columns, _ in SCHEMAS.values():
-            cols = ", ".join(f"{n} {t}" for n, t in columns)
+            cols = ", ".join(_column_ddl(table, n, t) for n, t in columns)
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key VARCHAR NOT NULL, value BIGINT NOT NULL)"
@@ -77,6 +95,12 @@ class Projections:
             f"UPDATE {META_TABLE} SET value = ? WHERE key = 'size' AND value = ?",
             [appended.first_seq + len(batch), appended.first_seq],
         )
+
+
+def _column_ddl(table: str, name: str, sql_type: str) -> str:
+    if name in UNCOMPRESSED.get(table, ()):
+        return f"{name} {sql_type} USING COMPRESSION uncompressed"
+    return f"{name} {sql_type}"
 
 
 def create_indexes(con: duckdb.DuckDBPyConnection) -> None:

@@ -6,30 +6,46 @@ The only place where `Settings` meets Kafka client code; `config` itself holds p
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 
 from ledger.config import Settings
+from ledger.errors import ConfigError
 
 __all__ = ["security_kwargs"]
 
 
 def security_kwargs(settings: Settings) -> dict[str, Any]:
     """aiokafka keyword arguments for `settings.security_protocol` (PLAINTEXT, SSL,
-    SASL_PLAINTEXT, SASL_SSL), SASL credentials and the CA file; the password is read from
-    its `SecretStr` here and nowhere else."""
+    SASL_PLAINTEXT, SASL_SSL), SASL credentials, the CA file and a client certificate for
+    mutual TLS; the password is read from its `SecretStr` (or its file) here and nowhere else.
+
+    Raises `ConfigError` for a certificate, key or password file that cannot be read."""
     from aiokafka.helpers import create_ssl_context
 
     kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = (
-            create_ssl_context(cafile=settings.ssl_cafile)
-            if settings.ssl_cafile
-            else ssl.create_default_context()
-        )
+        try:
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=settings.ssl_cafile,
+                certfile=settings.ssl_certfile,
+                keyfile=settings.ssl_keyfile,
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS settings: {exc}") from exc
     if settings.security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
         kwargs["sasl_plain_username"] = settings.sasl_username
-        kwargs["sasl_plain_password"] = (
-            settings.sasl_password.get_secret_value() if settings.sasl_password else None
-        )
+        kwargs["sasl_plain_password"] = _password(settings)
     return kwargs
+
+
+def _password(settings: Settings) -> str | None:
+    if settings.sasl_password is not None:
+        return settings.sasl_password.get_secret_value()
+    if settings.sasl_password_file:
+        try:
+            return Path(settings.sasl_password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--sasl-password-file: {exc}") from exc
+    return None

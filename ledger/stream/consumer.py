@@ -13,10 +13,10 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 from ledger.config import Settings
 from ledger.contract.batch import Decoded
@@ -25,7 +25,8 @@ from ledger.errors import BrokerError
 from ledger.store import Store, fetch_one
 from ledger.stream._kafka import security_kwargs
 from ledger.stream._proc import tune_process
-from ledger.stream.fetch import Fetched, Prepared, assemble, split_batch
+from ledger.stream.fetch import Fetched, Prepared, assemble, record_digest, split_batch
+from ledger.stream.kafka_errors import KafkaPermanentError, TopicChangedError, classify
 from ledger.stream.workers import DecodeWorkers, default_workers
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "PIPELINE_POLL_MS",
     "POLL_MS",
     "RETRY_MAX_S",
+    "SHUTDOWN_STEP_S",
     "Checkpointer",
     "ConsumeStats",
     "LedgerConsumer",
@@ -45,6 +47,15 @@ MAX_RECORDS = 10_000
 POLL_MS = 500
 PIPELINE_POLL_MS = 50
 RETRY_MAX_S = 30.0
+#: longest wait for the advisory Kafka commit and for leaving the group at shutdown: the
+#: ledger holds the offsets, so a broker that is gone must not hold up the exit
+SHUTDOWN_STEP_S = 3.0
+#: longest wait for the topic list when a session starts
+METADATA_TIMEOUT_S = 10.0
+#: while no message arrives, the broker is asked for end offsets this often, each answer
+#: awaited at most `PROBE_TIMEOUT_S`: a broker that went away is reported within 5 s
+PROBE_S = 2.0
+PROBE_TIMEOUT_S = 2.5
 
 
 class Checkpointer(Protocol):
@@ -100,8 +111,12 @@ class LedgerConsumer:
         max_records: int | None = None,
         progress_interval: float = 5.0,
         decode_workers: int | None = None,
+        reset_offsets: Literal["earliest", "stored"] | None = None,
     ) -> None:
         self.store = store
+        self.reset_offsets = reset_offsets
+        #: partitions whose first record must be the one the ledger read last: (offset, digest)
+        self._check: dict[tuple[str, int], tuple[int, bytes]] = {}
         self.settings = settings
         self.codec = codec or default_codec()
         if decode_workers is None:
@@ -128,6 +143,7 @@ class LedgerConsumer:
         self._last_probe = 0.0
         self._first_message = 0.0
         self._last_commit = 0.0
+        self._last_contact = time.monotonic()
 
     # -- control ---------------------------------------------------------------------------
 
@@ -139,6 +155,13 @@ class LedgerConsumer:
             self._stop.set()
 
     async def run(self) -> ConsumeStats:
+        """Consume until stopped (signal, `until_idle`) or a permanent Kafka error.
+
+        Raises `KafkaPermanentError` (exit code 4) for a failure no retry can cure (see
+        `ledger.stream.kafka_errors`), a topic that does not exist, or, with `until_idle`, a
+        broker that has not answered for that long; transient failures are retried with a
+        backoff capped at `RETRY_MAX_S`, each one logged.
+        """
         backoff = 0.5
         loop = asyncio.get_running_loop()
         threads = self._yield_core()
@@ -147,21 +170,28 @@ class LedgerConsumer:
             # Load the chain head and the event ids now, not during the first batch, where a
             # long pause would miss heartbeats.
             await loop.run_in_executor(self._pool, self.store.append, [])
+            self._last_contact = time.monotonic()
             while not self._stop.is_set():
                 try:
                     await self._session()
                     break
                 except _Restart as exc:
-                    log.warning("%s; reconnecting", exc)
+                    log.warning("%s; reconnecting in %.1fs", exc, backoff)
                 except (BrokerError, OSError) as exc:
+                    if isinstance(exc, KafkaPermanentError):
+                        raise
+                    permanent = classify(exc.__cause__ or exc, "consume")
+                    if permanent is not None:
+                        raise permanent from exc
                     log.warning(
                         "broker %s unreachable (%s); retrying in %.1fs",
                         self.settings.bootstrap_servers,
                         exc,
                         backoff,
                     )
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, RETRY_MAX_S)
+                self._give_up_if_silent()
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
             final = getattr(self.checkpointer, "final_checkpoint", None)
             if final is not None:  # a clean stop: sign the tail
                 final(self.store)
@@ -171,6 +201,19 @@ class LedgerConsumer:
             if threads is not None:
                 self.store.con.execute(f"SET threads = {threads}")
         return self._summary()
+
+    def _give_up_if_silent(self) -> None:
+        """With `until_idle`, a broker that has not delivered records or answered an offsets
+        probe for that long (unreachable, or failing every session) ends the run (exit 4)."""
+        if self.until_idle is None:
+            return
+        silent = time.monotonic() - self._last_contact
+        if silent >= self.until_idle:
+            raise KafkaPermanentError(
+                f"no broker at {self.settings.bootstrap_servers} answered for {silent:.0f}s "
+                f"(--until-idle {self.until_idle:g}); nothing was lost: the next run resumes "
+                "from the offsets in the ledger"
+            )
 
     def _yield_core(self) -> int | None:
         """With a decode worker, DuckDB keeps to one thread: the other core is the worker's
@@ -198,6 +241,7 @@ class LedgerConsumer:
             group_id=self.settings.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level=self.settings.isolation_level,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
             session_timeout_ms=self._session_ms,
@@ -213,10 +257,13 @@ class LedgerConsumer:
         consumer = self._make_consumer()
         try:
             await consumer.start()
+            await self._check_topic(consumer)
         except KafkaError as exc:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            raise BrokerError(str(exc) or type(exc).__name__) from exc
+            await self._stop_consumer(consumer)
+            raise self._kafka_failure(exc) from exc
+        except BaseException:
+            await self._stop_consumer(consumer)
+            raise
         self._consumer = consumer
         log.info(
             "consuming %s as group %s from %s into %s",
@@ -234,11 +281,37 @@ class LedgerConsumer:
         except KafkaConnectionError as exc:
             raise BrokerError(str(exc)) from exc
         except KafkaError as exc:
+            failure = self._kafka_failure(exc)
+            if isinstance(failure, KafkaPermanentError):
+                raise failure from exc
             raise _Restart(f"Kafka error {type(exc).__name__}: {exc}") from exc
         finally:
             self._consumer = None
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await self._stop_consumer(consumer)
+
+    def _kafka_failure(self, exc: BaseException) -> BrokerError:
+        """A permanent error as `KafkaPermanentError`, anything else as a retriable
+        `BrokerError`."""
+        permanent = classify(exc, f"consume from {self.settings.topic}")
+        return permanent or BrokerError(str(exc) or type(exc).__name__)
+
+    async def _check_topic(self, consumer: Any) -> None:
+        """Refuse a topic the cluster does not have: subscribing would have the broker create
+        it (with auto-creation on, as on many clusters), and the run would end with 0 events."""
+        topics = await asyncio.wait_for(consumer.topics(), METADATA_TIMEOUT_S)
+        if self.settings.topic in topics:
+            return
+        shown = sorted(t for t in topics if not t.startswith("__"))
+        listed = ", ".join(shown[:20]) + (", ..." if len(shown) > 20 else "")
+        raise KafkaPermanentError(
+            f"topic {self.settings.topic!r} does not exist at {self.settings.bootstrap_servers} "
+            f"(consume never creates topics; topics there: {listed or 'none'})"
+        )
+
+    @staticmethod
+    async def _stop_consumer(consumer: Any) -> None:
+        """Leave the group, but never wait long for it: the ledger holds the offsets."""
+        await _bounded(consumer.stop(), "Kafka client stop")
 
     async def _poll_loop(self, consumer: Any) -> None:
         last_report = time.monotonic()
@@ -251,9 +324,10 @@ class LedgerConsumer:
             batch = await consumer.getmany(timeout_ms=wait, max_records=self.max_records)
             now = time.monotonic()
             if batch:
-                self._last_message = now
+                self._last_message = self._last_contact = now
                 self._first_message = self._first_message or now
                 async with self._lock:
+                    batch = self._check_marks(batch)
                     fetched = split_batch(batch, self._expected)
                     job = self._workers.submit(fetched.values) if fetched.values else None
                     await self._flush()  # the previous batch appends while this one decodes
@@ -270,6 +344,7 @@ class LedgerConsumer:
                     if self.until_idle is not None and now - self._last_message >= self.until_idle:
                         self.request_stop(f"idle for {self.until_idle:g}s and caught up")
                 else:
+                    self._give_up_if_silent()
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, RETRY_MAX_S)
             if now - last_report >= self.progress_interval:
@@ -285,7 +360,7 @@ class LedgerConsumer:
         It also keeps the idle clock honest: partitions still behind their end offset, or a
         group join still in progress, do not count as idle.
         """
-        if self.until_idle is None and now - self._last_probe < self.progress_interval:
+        if self.until_idle is None and now - self._last_probe < PROBE_S:
             return True
         self._last_probe = now
         from aiokafka.errors import KafkaError
@@ -293,7 +368,9 @@ class LedgerConsumer:
         assignment = list(consumer.assignment())
         try:
             ends = (
-                await asyncio.wait_for(consumer.end_offsets(assignment), 5.0) if assignment else {}
+                await asyncio.wait_for(consumer.end_offsets(assignment), PROBE_TIMEOUT_S)
+                if assignment
+                else {}
             )
         except (TimeoutError, OSError, KafkaError) as exc:
             log.warning(
@@ -303,21 +380,25 @@ class LedgerConsumer:
             )
             self._last_message = now
             return False
+        self._last_contact = now
         behind = False
         for tp in assignment:
             key = (tp.topic, tp.partition)
             high = consumer.highwater(tp)  # from fetches; some brokers' ListOffsets lag behind
             end = ends.get(tp, 0) if high is None else high
-            if high is not None and high < self._expected.get(key, 0):
-                log.warning(
-                    "%s/%d ends at offset %d, before the ledger's %d (topic recreated or the "
-                    "broker lost its data): reading it again from the start; repeats are deduped",
-                    tp.topic, tp.partition, high, self._expected[key],
-                )  # fmt: skip
-                self._expected[key] = 0
-                consumer.seek(tp, 0)
-                behind = True
-            behind = behind or self._expected.get(key, 0) < end
+            mark = self._check.get(key)
+            want = mark[0] + 1 if mark is not None else self._expected.get(key, 0)
+            if high is not None and high < want and self.reset_offsets != "stored":
+                self._topic_changed(
+                    key, f"the partition ends at offset {high}, before the ledger's {want}"
+                )
+            if self.settings.isolation_level == "read_committed":
+                stable = consumer.last_stable_offset(tp)  # open transactions end here
+                end = end if stable is None or stable < 0 else min(end, stable)
+            # the fetch position moves past transaction markers and aborted records, which
+            # take offsets but are never delivered
+            done = max(self._expected.get(key, 0), await _position(consumer, tp))
+            behind = behind or done < end
         joining = not assignment and not self._joined_long_enough(now)
         if behind or joining:
             self._last_message = now
@@ -350,7 +431,12 @@ class LedgerConsumer:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         result = await loop.run_in_executor(
-            self._pool, self.store.append, prepared.good, prepared.bad, prepared.offsets
+            self._pool,
+            self.store.append,
+            prepared.good,
+            prepared.bad,
+            prepared.offsets,
+            prepared.marks,
         )
         self.stats.append_seconds += time.perf_counter() - started
         self._last_commit = time.monotonic()
@@ -376,28 +462,74 @@ class LedgerConsumer:
         }
         if not todo:
             return
-        try:
-            await consumer.commit(todo)
-        except Exception as exc:  # advisory only: the ledger file holds the real offsets
-            log.debug("advisory Kafka commit failed: %s", exc)
+        await _bounded(consumer.commit(todo), "advisory Kafka commit")
 
     async def on_assigned(self, assigned: Any) -> None:
-        """Seek every newly assigned partition to the offset the ledger recorded."""
+        """Seek every newly assigned partition to the offset the ledger recorded, one record
+        early where the ledger holds a mark of it: that record must be the one it read last
+        (`_check_marks`), or the topic is not the one the ledger read. `reset_offsets`
+        "earliest" reads from the start instead, "stored" trusts the stored offsets."""
         async with self._lock:
             stored = self.store.offsets(self.settings.topic)
+            marks = self.store.marks(self.settings.topic)
             consumer = self._consumer
             for tp in assigned:
-                offset = stored.get(tp.partition)
                 key = (tp.topic, tp.partition)
-                offset = 0 if offset is None else offset  # below retention: reset to earliest
-                consumer.seek(tp, offset)
+                offset = stored.get(tp.partition) or 0
+                mark = marks.get(tp.partition)
+                if self.reset_offsets == "earliest":
+                    offset = 0
+                elif self.reset_offsets is None and mark is not None and mark[0] == offset - 1:
+                    self._check[key] = mark
+                    offset = mark[0]
+                consumer.seek(tp, offset)  # below retention: the client resets to earliest
                 self._expected[key] = offset
             self._assigned_once = True
             self._last_message = time.monotonic()
+        how = {"earliest": " (--reset-offsets earliest: from the start)", "stored": ""}
         log.info(
-            "assigned %s; resuming from ledger offsets %s",
+            "assigned %s; resuming from ledger offsets %s%s",
             ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(assigned)) or "nothing",
             {p: o for p, o in sorted(stored.items())} or "(none: from the beginning)",
+            how.get(self.reset_offsets or "", ""),
+        )
+
+    def _check_marks(self, batch: Mapping[Any, Sequence[Any]]) -> Mapping[Any, Sequence[Any]]:
+        """The first record fetched from a partition being checked must be the last one the
+        ledger read there, at the same offset with the same bytes; it is then dropped (it is
+        in the ledger). Anything else raises `TopicChangedError` before a record of that
+        partition is appended."""
+        if not self._check:
+            return batch
+        out = dict(batch)
+        for tp, messages in batch.items():
+            key = (tp.topic, tp.partition)
+            mark = self._check.get(key)
+            if mark is None or not messages:
+                continue
+            first = messages[0]
+            if first.offset != mark[0]:
+                self._topic_changed(
+                    key, f"the record at offset {mark[0]}, the last the ledger read there, "
+                    f"is gone (the first one now is at {first.offset})",
+                )  # fmt: skip
+            if record_digest(first.value) != mark[1]:
+                self._topic_changed(
+                    key, f"the record at offset {mark[0]} has other bytes than the one the "
+                    "ledger read there",
+                )  # fmt: skip
+            del self._check[key]
+            self._expected[key] = mark[0] + 1
+            out[tp] = messages[1:]
+        return out
+
+    def _topic_changed(self, key: tuple[str, int], what: str) -> NoReturn:
+        raise TopicChangedError(
+            f"{key[0]}/{key[1]}: {what}: the topic was recreated or the broker lost its data, "
+            "and resuming at the stored offsets would skip records. Nothing of it was "
+            "appended; run again with --reset-offsets earliest "
+            "(read it all again: repeats are deduped, conflicting ones quarantined) or "
+            "--reset-offsets stored (resume at the stored offsets anyway)"
         )
 
     async def on_revoked(self, revoked: Any) -> None:
@@ -405,6 +537,7 @@ class LedgerConsumer:
             await self._flush()
             for tp in revoked:
                 self._expected.pop((tp.topic, tp.partition), None)
+                self._check.pop((tp.topic, tp.partition), None)
 
     def _report(self, consumer: Any, rate: float) -> None:
         lags = []
@@ -437,6 +570,30 @@ class LedgerConsumer:
         return s
 
 
+async def _position(consumer: Any, tp: Any) -> int:
+    """The client's fetch position in `tp` (0 when it has none yet)."""
+    try:
+        return int(await asyncio.wait_for(consumer.position(tp), PROBE_TIMEOUT_S))
+    except Exception:
+        return 0
+
+
+async def _bounded(call: Awaitable[object], what: str) -> None:
+    """Await a Kafka call that is advisory (the ledger holds the offsets) for at most
+    `SHUTDOWN_STEP_S`, its failure logged at debug level. With the broker gone, aiokafka can
+    end such a call in a CancelledError of its own tasks; only a cancellation of this task
+    itself goes on."""
+    try:
+        await asyncio.wait_for(call, SHUTDOWN_STEP_S)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("%s: cancelled inside the client", what)
+    except Exception as exc:
+        log.debug("%s failed: %s", what, exc)
+
+
 class _Restart(Exception):
     """The session must be rebuilt (fatal group error); offsets come from the ledger again."""
 
@@ -461,14 +618,24 @@ def consume(
     checkpointer: Checkpointer | None = None,
     codec: Codec | None = None,
     store: Store | None = None,
+    reset_offsets: Literal["earliest", "stored"] | None = None,
 ) -> ConsumeStats:
-    """Run a consumer until SIGINT/SIGTERM (or idle): the `ledger consume` entry point."""
+    """Run a consumer until SIGINT/SIGTERM (or idle): the `ledger consume` entry point.
+
+    Raises `KafkaPermanentError` (exit 4) or `TopicChangedError` (exit 5), see
+    `LedgerConsumer.run` and `LedgerConsumer.on_assigned`."""
     tune_process()
     own = store is None
     store = store or Store.open(settings.db)
     try:
+        store.con.execute(f"SET memory_limit = '{settings.memory_limit}'")
         consumer = LedgerConsumer(
-            store, settings, codec=codec, until_idle=until_idle, checkpointer=checkpointer
+            store,
+            settings,
+            codec=codec,
+            until_idle=until_idle,
+            checkpointer=checkpointer,
+            reset_offsets=reset_offsets,
         )
         return asyncio.run(_run_with_signals(consumer))
     finally:

@@ -68,8 +68,11 @@ class Emitter(EventBuilders[Awaitable[str]]):
         delivery_timeout: float = 10.0,
         close_timeout: float = 15.0,
         codec: Codec | None = None,
+        compression: str | None = None,
     ) -> None:
         self.settings = settings or load(bootstrap_servers=bootstrap_servers, topic=topic)
+        if compression:
+            self.settings = load(**(self.settings.model_dump() | {"compression": compression}))
         if bootstrap_servers:
             self.settings = self.settings.model_copy(
                 update={"bootstrap_servers": bootstrap_servers}
@@ -356,6 +359,7 @@ class Emitter(EventBuilders[Awaitable[str]]):
         from aiokafka.partitioner import DefaultPartitioner
 
         timeout_ms = int(self.delivery_timeout * 1000)
+        compression = self.settings.compression
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap_servers,
             acks="all",
@@ -364,6 +368,7 @@ class Emitter(EventBuilders[Awaitable[str]]):
             max_batch_size=1 << 20,
             request_timeout_ms=timeout_ms,
             metadata_max_age_ms=60_000,
+            compression_type=None if compression == "none" else compression,
             client_id="agent-ledger-emitter",
             **security_kwargs(self.settings),
         )

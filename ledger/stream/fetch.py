@@ -6,8 +6,9 @@ that they can be tested without a broker.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.contract.batch import Decoded, EventBatch, decode_values
@@ -15,7 +16,7 @@ from ledger.contract.codec import Codec
 from ledger.contract.fastdecode import BatchDecoder, FastDecoder
 from ledger.store import Rejected
 
-__all__ = ["Fetched", "Prepared", "assemble", "prepare_batch", "split_batch"]
+__all__ = ["Fetched", "Prepared", "assemble", "prepare_batch", "record_digest", "split_batch"]
 
 
 @dataclass(slots=True)
@@ -25,6 +26,8 @@ class Fetched:
     values: list[bytes | None]
     sources: list[str]
     offsets: dict[tuple[str, int], int]
+    #: per partition, (offset, SHA-256 of the value) of the last record taken
+    marks: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)
 
 
 def split_batch(
@@ -38,6 +41,7 @@ def split_batch(
     values: list[bytes | None] = []
     sources: list[str] = []
     offsets: dict[tuple[str, int], int] = {}
+    marks: dict[tuple[str, int], tuple[int, bytes]] = {}
     for tp, messages in batch.items():
         key = (tp.topic, tp.partition)
         floor = expected.get(key, -1)
@@ -53,7 +57,13 @@ def split_batch(
         if last >= 0:
             offsets[key] = last + 1
             expected[key] = last + 1
-    return Fetched(values, sources, offsets)
+            marks[key] = (last, record_digest(values[-1]))
+    return Fetched(values, sources, offsets, marks)
+
+
+def record_digest(value: bytes | None) -> bytes:
+    """SHA-256 of a record's value (of nothing for a null value): what a mark remembers."""
+    return hashlib.sha256(value or b"").digest()
 
 
 @dataclass(slots=True)
@@ -65,6 +75,7 @@ class Prepared:
     offsets: dict[tuple[str, int], int]
     received: int
     decode_seconds: float = 0.0
+    marks: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)
 
 
 def assemble(fetched: Fetched, decoded: Decoded) -> Prepared:
@@ -76,6 +87,7 @@ def assemble(fetched: Fetched, decoded: Decoded) -> Prepared:
         fetched.offsets,
         len(values),
         decoded.seconds,
+        fetched.marks,
     )
 
 

@@ -11,7 +11,14 @@ import pytest
 from ledger.errors import StoreError
 from ledger.query.ledger import Ledger
 from ledger.store import Store
-from ledger.store.projections import TABLE_NAMES, Projections, projected_size, rebuild
+from ledger.store.projections import (
+    INDEXES,
+    TABLE_NAMES,
+    UNCOMPRESSED,
+    Projections,
+    projected_size,
+    rebuild,
+)
 from tests import factories as f
 from tests.query.test_rules import build, scenario
 
@@ -127,3 +134,57 @@ def test_a_dropped_table_stays_stale_after_more_appends(db_path: Path) -> None:
         assert [
             r["action_id"] for r in ledger.sql("SELECT action_id FROM actions ORDER BY 1").to_dict()
         ] == ["a1", "a2"]
+
+
+def test_point_lookup_columns_are_stored_uncompressed_and_indexed(db_path: Path) -> None:
+    build(db_path, scenario()[0])
+    con = duckdb.connect(str(db_path))
+    try:
+        con.execute("FORCE CHECKPOINT")
+        for table, columns in UNCOMPRESSED.items():
+            storage = con.execute(
+                f"SELECT DISTINCT column_name, compression FROM pragma_storage_info('{table}') "
+                "WHERE segment_type = 'VARCHAR'"
+            ).fetchall()
+            kinds = {c: {k for n, k in storage if n == c} for c in columns}
+            assert all(k <= {"Uncompressed", "Constant"} for k in kinds.values()), kinds
+        indexed = set(
+            con.execute("SELECT table_name, expressions FROM duckdb_indexes()").fetchall()
+        )
+        assert {(t, f"[{c}]") for t, c in INDEXES} <= indexed
+    finally:
+        con.close()
+
+
+def test_a_ledger_made_before_uncompressed_columns_still_opens_with_the_same_answers(
+    tmp_path: Path,
+) -> None:
+    """Compression changes how rows are fetched, never what they hold: a file whose tables
+    were created without the clause (older ledgers) passes the catalog check and gives the
+    same answers as one created now."""
+    events = scenario()[0]
+    new = build(tmp_path / "new.duckdb", events)
+    old = build(tmp_path / "old.duckdb", events)
+    con = duckdb.connect(str(old))
+    try:
+        for (index,) in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall():
+            con.execute(f"DROP INDEX {index}")
+        for table in UNCOMPRESSED:
+            cols = con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() "
+                "WHERE table_name = ? ORDER BY column_index",
+                [table],
+            ).fetchall()
+            ddl = ", ".join(f"{n} {t}" for n, t in cols)
+            con.execute(f"CREATE TABLE {table}_old ({ddl})")
+            con.execute(f"INSERT INTO {table}_old SELECT * FROM {table}")
+            con.execute(f"DROP TABLE {table}")
+            con.execute(f"ALTER TABLE {table}_old RENAME TO {table}")
+        assert "USING COMPRESSION" not in str(
+            con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'actions'").fetchone()
+        )
+    finally:
+        con.close()
+    with Store.open(old) as store:
+        Projections().create_schema(store.con)
+    assert _answers(old) == _answers(new)

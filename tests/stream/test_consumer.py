@@ -22,6 +22,8 @@ from ledger.contract.codec import Codec
 from ledger.integrity.verify import verify_store
 from ledger.store import Store
 from ledger.stream.broker import EmbeddedBroker
+from ledger.stream.consumer import ConsumeStats
+from ledger.stream.kafka_errors import TopicChangedError
 from tests import factories as f
 from tests.kafkautil import consume_into, produce, wire
 
@@ -184,23 +186,64 @@ def test_external_fastavro_producer_is_consumed_like_the_emitter(
         assert events.to_json_dict(record) == ev
 
 
-@pytest.mark.integration
-def test_a_broker_that_lost_its_data_is_read_again_from_the_start(
-    codec: Codec, db_path: Path
-) -> None:
-    first = [wire(f.principal(f"agent:{i}")) for i in range(20)]
-    after = [wire(f.principal(f"agent:new{i}")) for i in range(5)]
+def _lost_data(db: Path, first: list[bytes], refill: list[bytes], **kw: Any) -> ConsumeStats:
+    """`first` consumed from one broker; then a broker that lost it all, refilled with
+    `refill` under the same topic name, is consumed with `kw`."""
     with EmbeddedBroker() as old:
         old.create_topic("lost", 1)
         produce(old.bootstrap_servers, "lost", first)
-        consume_into(db_path, old.bootstrap_servers, "lost")
+        consume_into(db, old.bootstrap_servers, "lost")
     with EmbeddedBroker() as new:  # memory-only: the topic starts again at offset 0
         new.create_topic("lost", 1)
-        produce(new.bootstrap_servers, "lost", [*after, first[0]])
-        stats = consume_into(db_path, new.bootstrap_servers, "lost")
+        produce(new.bootstrap_servers, "lost", refill)
+        return consume_into(db, new.bootstrap_servers, "lost", **kw)
 
-    assert (stats.appended, stats.duplicates) == (5, 1)
-    assert len(_entries(db_path)) == 25
+
+@pytest.mark.integration
+@pytest.mark.parametrize("refill", [5, 30], ids=["shorter", "refilled-past-the-offsets"])
+def test_a_broker_that_lost_its_data_stops_the_consumer_instead_of_skipping(
+    db_path: Path, refill: int
+) -> None:
+    """The quoted case: refilled past the stored offsets, the consumer resumed there and
+    skipped every record before them, exit 0, no warning."""
+    first = [wire(f.principal(f"agent:{i}")) for i in range(20)]
+    after = [wire(f.principal(f"agent:new{i}")) for i in range(refill)]
+    with pytest.raises(TopicChangedError, match="lost/0: ") as caught:
+        _lost_data(db_path, first, after)
+    assert caught.value.exit_code == 5 and "--reset-offsets" in str(caught.value)
+    assert len(_entries(db_path)) == 20  # nothing of the new topic was appended
+
+
+@pytest.mark.integration
+def test_reset_offsets_earliest_reads_a_recreated_topic_from_the_start(db_path: Path) -> None:
+    first = [wire(f.principal(f"agent:{i}")) for i in range(20)]
+    after = [wire(f.principal(f"agent:new{i}")) for i in range(30)]
+    stats = _lost_data(db_path, first, [*after, first[0]], reset_offsets="earliest")
+    assert (stats.appended, stats.duplicates) == (30, 1)
+    assert len(_entries(db_path)) == 50
+
+
+@pytest.mark.integration
+def test_reset_offsets_stored_resumes_at_the_stored_offsets_as_told(db_path: Path) -> None:
+    first = [wire(f.principal(f"agent:{i}")) for i in range(20)]
+    after = [wire(f.principal(f"agent:new{i}")) for i in range(30)]
+    stats = _lost_data(db_path, first, after, reset_offsets="stored")
+    assert stats.appended == 10  # offsets 20..29 only: what the operator chose
+
+
+@pytest.mark.integration
+def test_resuming_on_the_same_topic_checks_the_mark_and_appends_nothing_twice(
+    broker: EmbeddedBroker, topic: str, db_path: Path
+) -> None:
+    produce(broker.bootstrap_servers, topic, [wire(f.principal(f"agent:{i}")) for i in range(40)])
+    consume_into(db_path, broker.bootstrap_servers, topic)
+    with Store.open(db_path, read_only=True) as store:
+        marks = store.marks(topic)
+        offsets = store.offsets(topic)
+    assert marks and all(marks[p][0] == offsets[p] - 1 for p in marks)
+    produce(broker.bootstrap_servers, topic, [wire(f.principal(f"agent:b{i}")) for i in range(9)])
+    stats = consume_into(db_path, broker.bootstrap_servers, topic)
+    assert (stats.received, stats.appended, stats.duplicates) == (9, 9, 0)
 
 
 @pytest.mark.integration
@@ -255,3 +298,21 @@ def test_rebalance_mid_stream_keeps_every_event_exactly_once(
     with Store.open(db_path, read_only=True) as store:
         assert sum(store.offsets(topic).values()) == 900
         assert verify_store(store).ok
+
+
+@pytest.mark.integration
+def test_the_consumer_runs_duckdb_under_its_memory_limit(
+    broker: EmbeddedBroker, topic: str, db_path: Path
+) -> None:
+    from ledger.config import load
+    from ledger.stream.consumer import consume
+
+    produce(broker.bootstrap_servers, topic, [wire(f.principal("agent:m"))])
+    settings = load(
+        bootstrap_servers=broker.bootstrap_servers, topic=topic, group="mem", memory_limit="300MB"
+    )
+    with Store.open(db_path) as store:
+        stats = consume(settings, until_idle=0.5, store=store)
+        limit = store.con.execute("SELECT current_setting('memory_limit')").fetchone()
+    assert stats.appended == 1
+    assert limit is not None and limit[0] in ("286.1 MiB", "300.0 MB")
