@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     # the aiokafka defaults 10 s / 3 s elsewhere. Real Kafka requires >= 6 s by default.
     session_timeout_ms: int | None = None
     heartbeat_interval_ms: int | None = None
+    # Consumer: values in the Confluent wire format (0x00, 4-byte schema id, Avro body) name
+    # their writer schema by id; it is resolved through a Schema Registry's REST API
+    # (GET /schemas/ids/ID, HTTP basic auth), or offline from a directory of ID.avsc files
+    # exported from it. Ids fetched from a registry are kept in a cache file (default under
+    # ~/.cache/agent-ledger/, one per registry URL), so they resolve offline afterwards.
+    schema_registry: str | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    # the registry password from a file instead (a mounted secret); read when connecting
+    schema_registry_password_file: str | None = None
+    # CA bundle that verifies an https registry (default: the system's CAs)
+    schema_registry_cafile: str | None = None
+    schema_cache: str | None = None
+    schema_dir: str | None = None
     # Consumer: read_committed skips the records of aborted Kafka transactions (and waits for
     # open ones); read_uncommitted takes every record as it is written.
     isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
@@ -78,7 +92,7 @@ class Settings(BaseSettings):
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     # Consumer: DuckDB's memory limit for the ledger file it writes (its buffer pool and
     # caches; DuckDB's own default is 80 % of RAM, and a long-running consumer grew to fill it).
-    memory_limit: str = "1GB"
+    memory_limit: str = "512MB"
     # Consumer: most events per DuckDB transaction (one `getmany`).
     batch_size: int = 10_000
     # Consumer: processes decoding messages beside it; None = 1 with two or more cores, else 0.
@@ -116,6 +130,23 @@ class Settings(BaseSettings):
         if not _SIZE.fullmatch(value.strip()):
             raise ValueError("not a size such as 512MB, 2GB or 1.5GiB")
         return value.strip()
+
+    @field_validator("schema_registry")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = value.strip().rstrip("/")
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest:
+            raise ValueError("not an http:// or https:// URL")
+        if "@" in rest.split("/", 1)[0]:
+            raise ValueError(
+                "credentials in the URL would show in logs and `ps`: give "
+                "--schema-registry-username and LEDGER_SCHEMA_REGISTRY_PASSWORD "
+                "(or --schema-registry-password-file) instead"
+            )
+        return url
 
     @field_validator("topic")
     @classmethod
@@ -189,6 +220,12 @@ FLAGS: dict[str, str] = {
     "ssl_keyfile": "--ssl-keyfile",
     "key": "--key",
     "origin": "--origin",
+    "schema_registry": "--schema-registry",
+    "schema_registry_username": "--schema-registry-username",
+    "schema_registry_password_file": "--schema-registry-password-file",
+    "schema_registry_cafile": "--schema-registry-cafile",
+    "schema_cache": "--schema-cache",
+    "schema_dir": "--schema-dir",
     "isolation_level": "--isolation-level",
     "compression": "--compression",
     "batch_size": "--batch-size",
@@ -201,6 +238,10 @@ FLAGS: dict[str, str] = {
 }
 
 
+#: settings whose rejected value an error must not repeat: it may hold a secret
+_NOT_ECHOED = frozenset({"schema_registry", "schema_registry_password", "sasl_password"})
+
+
 def load(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides from flags on top."""
     try:
@@ -209,7 +250,7 @@ def load(**overrides: Any) -> Settings:
         err = exc.errors(include_url=False)[0]
         name = ".".join(str(p) for p in err["loc"])
         where = f"LEDGER_{name.upper()}" + (f" or {FLAGS[name]}" if name in FLAGS else "")
+        got = "" if name in _NOT_ECHOED else f", got {err['input']!r}"
         raise ConfigError(
-            f"setting {name} ({where}): "
-            f"{err['msg'].removeprefix('Value error, ')}, got {err['input']!r}"
+            f"setting {name} ({where}): {err['msg'].removeprefix('Value error, ')}{got}"
         ) from exc

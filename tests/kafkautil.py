@@ -86,10 +86,15 @@ def consume_into(
     checkpointer: Checkpointer | None = None,
     decode_workers: int | None = None,
     reset_offsets: Literal["earliest", "stored"] | None = None,
+    **overrides: Any,
 ) -> ConsumeStats:
-    """Run the ledger consumer in-process until it is idle and caught up."""
+    """Run the ledger consumer in-process until it is idle and caught up; `overrides` are
+    more settings (`schema_dir=...`)."""
     settings = load(
-        bootstrap_servers=bootstrap, topic=topic, group=group or f"g-{uuid.uuid4().hex[:8]}"
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        group=group or f"g-{uuid.uuid4().hex[:8]}",
+        **overrides,
     )
     with Store.open(db) as store:
         consumer = LedgerConsumer(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import click
 
 from ledger.cli import audit, core, demo, investigate, quarantine, stream
-from ledger.cli._common import LedgerGroup
+from ledger.cli._common import LedgerGroup, mark_process_main
 
 __all__ = ["cli", "main"]
 
@@ -74,4 +74,5 @@ for _module in (core, stream, investigate, quarantine, audit, demo):
 
 def main() -> None:
     """The console script `ledger` (and `python -m ledger`)."""
+    mark_process_main()
     cli.main(prog_name="ledger")

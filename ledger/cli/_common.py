@@ -38,6 +38,20 @@ EXIT_QUARANTINED = 3
 EXIT_INTERRUPTED = 130
 
 
+_PROCESS = {"main": False}
+
+
+def mark_process_main() -> None:
+    """Called by the console script: this process ends when the command returns (a command
+    may then keep process-wide settings, such as signal handlers, to the end)."""
+    _PROCESS["main"] = True
+
+
+def is_process_main() -> bool:
+    """True in the `ledger` process itself, False when the CLI is invoked in process (tests)."""
+    return _PROCESS["main"]
+
+
 class LedgerGroup(click.Group):
     """Turns every failure into one line on stderr and a documented exit code."""
 

@@ -19,6 +19,7 @@ from ledger.cli._common import (
     EXIT_QUARANTINED,
     db_option,
     echo_json,
+    is_process_main,
     json_option,
 )
 from ledger.errors import LedgerError
@@ -230,7 +231,48 @@ def emit(
     default=None,
     metavar="SIZE",
     help="DuckDB memory limit of the consumer, e.g. 512MB, 2GB. Env: LEDGER_MEMORY_LIMIT. "
-    "[default: 1GB]",
+    "[default: 512MB]",
+)
+@click.option(
+    "--schema-registry",
+    default=None,
+    metavar="URL",
+    help="Schema Registry resolving the schema ids of values in the Confluent wire format "
+    "(GET URL/schemas/ids/ID). Env: LEDGER_SCHEMA_REGISTRY.",
+)
+@click.option(
+    "--schema-registry-username",
+    default=None,
+    metavar="USER",
+    help="Basic-auth user of the registry. Env: LEDGER_SCHEMA_REGISTRY_USERNAME.",
+)
+@click.option(
+    "--schema-registry-password-file",
+    default=None,
+    metavar="FILE",
+    help="File holding the registry password (or set LEDGER_SCHEMA_REGISTRY_PASSWORD). "
+    "Env: LEDGER_SCHEMA_REGISTRY_PASSWORD_FILE.",
+)
+@click.option(
+    "--schema-registry-cafile",
+    default=None,
+    metavar="FILE",
+    help="CA bundle verifying an https registry. Env: LEDGER_SCHEMA_REGISTRY_CAFILE. "
+    "[default: system CAs]",
+)
+@click.option(
+    "--schema-cache",
+    default=None,
+    metavar="FILE",
+    help="Where schemas fetched from the registry are kept, so they resolve offline later. "
+    "Env: LEDGER_SCHEMA_CACHE. [default: ~/.cache/agent-ledger/schema-registry-HASH.json]",
+)
+@click.option(
+    "--schema-dir",
+    default=None,
+    metavar="DIR",
+    help="Resolve schema ids offline from DIR/ID.avsc files exported from a registry "
+    "(instead of --schema-registry). Env: LEDGER_SCHEMA_DIR.",
 )
 @click.option(
     "--reset-offsets",
@@ -256,6 +298,12 @@ def consume(
     checkpoint_interval: float,
     isolation_level: str | None,
     memory_limit: str | None,
+    schema_registry: str | None,
+    schema_registry_username: str | None,
+    schema_registry_password_file: str | None,
+    schema_registry_cafile: str | None,
+    schema_cache: str | None,
+    schema_dir: str | None,
     reset_offsets: Literal["earliest", "stored"] | None,
     verbose: bool,
     security: dict[str, Any],
@@ -287,37 +335,54 @@ def consume(
     compared with what the ledger read: a recreated topic, or a broker that lost
     its data, stops the run (exit 5) instead of skipping records silently.
 
+    Values in Avro single-object encoding and in the Confluent wire format (0x00,
+    schema id, body) are both read. Schema ids resolve through --schema-registry
+    (cached) or --schema-dir; the ledger keeps each schema with the entries. An
+    unknown or unusable id is quarantined; an unreachable registry is waited for.
+
     Exit: 0 stopped by signal or idle, 1 error, 4 Kafka failure that no retry cures
     (or no broker answered within --until-idle), 5 the topic is not the one the
     ledger read (see --reset-offsets).
     """
     from ledger.config import load
     from ledger.integrity.checkpoint import Checkpointer
+    from ledger.stream.consumer import StopSignals
     from ledger.stream.consumer import consume as run_consume
 
-    settings = load(
-        bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db, batch_size=batch_size,
-        decode_workers=decode_workers, key=keys[0] if keys else None, origin=origin,
-        isolation_level=isolation_level, memory_limit=memory_limit, **security,
-    )  # fmt: skip
-    _logging(verbose, settings.log_level)
-    checkpointer = (
-        Checkpointer.from_settings(settings, checkpoint_every, checkpoint_interval, keys)
-        if settings.key
-        else None
-    )
-    stats = run_consume(
-        settings, until_idle=until_idle, checkpointer=checkpointer, reset_offsets=reset_offsets
-    )
-    if as_json:
-        echo_json(stats.to_dict())
-    else:
-        click.echo(
-            f"{stats.received:,} messages: {stats.appended:,} appended, "
-            f"{stats.duplicates:,} duplicates, {stats.quarantined:,} quarantined; "
-            f"ledger {settings.db} has {stats.size:,} entries"
+    # from here to the exit, SIGINT/SIGTERM stop the run cleanly, never as an interruption
+    with StopSignals(restore=not is_process_main()) as signals:
+        settings = load(
+            bootstrap_servers=bootstrap_servers, topic=topic, group=group, db=db,
+            batch_size=batch_size, decode_workers=decode_workers,
+            key=keys[0] if keys else None, origin=origin, isolation_level=isolation_level,
+            memory_limit=memory_limit, schema_registry=schema_registry,
+            schema_registry_username=schema_registry_username,
+            schema_registry_password_file=schema_registry_password_file,
+            schema_registry_cafile=schema_registry_cafile, schema_cache=schema_cache,
+            schema_dir=schema_dir, **security,
+        )  # fmt: skip
+        _logging(verbose, settings.log_level)
+        checkpointer = (
+            Checkpointer.from_settings(settings, checkpoint_every, checkpoint_interval, keys)
+            if settings.key
+            else None
         )
-    return EXIT_OK
+        stats = run_consume(
+            settings,
+            until_idle=until_idle,
+            checkpointer=checkpointer,
+            reset_offsets=reset_offsets,
+            signals=signals,
+        )
+        if as_json:
+            echo_json(stats.to_dict())
+        else:
+            click.echo(
+                f"{stats.received:,} messages: {stats.appended:,} appended, "
+                f"{stats.duplicates:,} duplicates, {stats.quarantined:,} quarantined; "
+                f"ledger {settings.db} has {stats.size:,} entries"
+            )
+        return EXIT_OK
 
 
 @click.command()

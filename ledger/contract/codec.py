@@ -1,8 +1,13 @@
-"""Avro single-object encoding of `AuditEvent` (0xC3 0x01, CRC-64-AVRO fingerprint LE, body).
+"""Avro single-object encoding of `AuditEvent` (0xC3 0x01, CRC-64-AVRO fingerprint LE, body),
+and decoding of the Confluent wire format beside it (0x00, 4-byte schema id, body).
 
 Schemas are parsed once. Writer schemas are looked up by fingerprint, so events written with an
-older released schema are resolved to the current reader schema. Timestamps stay as integer
-microseconds on the hot path: fastavro's logical-type conversion halves decode speed.
+older released schema are resolved to the current reader schema; values in the Confluent wire
+format name theirs by a registry's schema id, which decodes once the schema it stands for is
+registered here (`register_id`; `ledger.stream.registry` resolves ids, `ledger.store.schemas`
+keeps them in the ledger file). See `ledger.contract.framing` for the two headers. Timestamps
+stay as integer microseconds on the hot path: fastavro's logical-type conversion halves decode
+speed.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import copy
 import io
 import json
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -20,6 +25,8 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from ledger.contract.events import EVENT_TYPES
+from ledger.contract.framing import CONFLUENT, confluent_header, frame
+from ledger.contract.resolution import resolution_problem
 from ledger.errors import CodecError
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "MAGIC",
     "SCHEMA_FILE",
     "Codec",
+    "IdState",
     "current_schema",
     "default_codec",
     "full_name",
@@ -40,6 +48,9 @@ MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
 SCHEMA_FILE = "audit_event.avsc"
 ENVELOPE_PREFIX = ("event_id", "type", "occurred_at")
+#: what a codec knows of Confluent schema ids, to rebuild it in a worker process: the writer
+#: schemas registered by id, and the reason each refused id is quarantined with
+IdState = tuple[dict[int, dict[str, Any]], dict[int, str]]
 _RECORD_NAMES = {etype: spec[2] for etype, spec in EVENT_TYPES.items()}
 
 
@@ -246,9 +257,16 @@ def _read_length(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 class Codec:
-    """Encodes and decodes `AuditEvent` single-object messages against a registry of schemas."""
+    """Encodes and decodes `AuditEvent` single-object messages against a registry of schemas;
+    decodes the Confluent wire format too, for the schema ids registered (`register_id`)."""
 
-    def __init__(self, extra_writer_schemas: Iterable[dict[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        extra_writer_schemas: Iterable[dict[str, Any]] = (),
+        schema_ids: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """The shipped schemas, `extra_writer_schemas` by fingerprint and `schema_ids` by
+        Confluent schema id (`register_id`; raises its `CodecError`)."""
         schema = current_schema()
         self.schema = schema
         self.fingerprint = schema_fingerprint(schema)
@@ -267,6 +285,19 @@ class Codec:
         self.extra_schemas = []
         for older in extra_writer_schemas:
             self.register(older)
+        # Confluent schema ids. Both maps are replaced, never changed in place, so a thread
+        # that copies them (the worker feeder) always sees a consistent state.
+        self._ids: dict[int, Any] = {}
+        self._refused: dict[int, str] = {}
+        #: writer schemas registered by id, as given (a worker process rebuilds from these)
+        self.schema_ids: dict[int, dict[str, Any]] = {}
+        #: the 5-byte headers of ids whose writer schema is the current one: the generated
+        #: decoders read them as fast as single-object values (changed in place: they hold it)
+        self.current_headers: set[bytes] = set()
+        #: bumped on every change of what ids mean, so a worker knows when to resync
+        self.ids_version = 0
+        for schema_id, writer in (schema_ids or {}).items():
+            self.register_id(schema_id, writer)
 
     def register(self, writer_schema: dict[str, Any]) -> bytes:
         """Accept events written with `writer_schema` (an older or compatible producer)."""
@@ -281,6 +312,75 @@ class Codec:
         self._writers[fp] = fastavro.parse_schema(strip_logical(copy.deepcopy(writer_schema)))
         self.extra_schemas.append(writer_schema)
         return fp
+
+    def register_id(self, schema_id: int, writer_schema: Any) -> None:
+        """Decode values in the Confluent wire format naming `schema_id` with `writer_schema`.
+
+        The schema must be an `AuditEvent` writer the current reader schema resolves (Avro 1.11
+        "Schema Resolution", decided up front by `ledger.contract.resolution`) whose first
+        fields are event_id, type, occurred_at (what `verify` peeks at). One whose parsing
+        canonical form is the current schema's is read by the generated decoders directly.
+        Raises `CodecError` ("schema id N: ...") for anything else, or for an id registered
+        with another schema (what an id means never changes), and `ValueError` for an id that
+        does not fit 4 bytes; a refused id stays refused until registered."""
+        header = confluent_header(schema_id)
+        held = self.schema_ids.get(schema_id)
+        if held is not None:
+            if held == writer_schema:
+                return
+            raise CodecError(f"schema id {schema_id}: already registered with another schema")
+        if not isinstance(writer_schema, dict) or writer_schema.get("type") != "record":
+            raise CodecError(f"schema id {schema_id}: not an Avro record schema")
+        problem = resolution_problem(writer_schema, self.schema)
+        if problem is not None:
+            raise CodecError(
+                f"schema id {schema_id}: cannot be read as {full_name(self.schema, '')}: {problem}"
+            )
+        fields = [f.get("name") for f in writer_schema.get("fields", [])]
+        if tuple(fields[:3]) != ENVELOPE_PREFIX:
+            raise CodecError(
+                f"schema id {schema_id}: must start with fields {', '.join(ENVELOPE_PREFIX)}"
+            )
+        if schema_fingerprint(writer_schema) == self.fingerprint:
+            parsed = None
+            self.current_headers.add(header)
+        else:
+            parsed = fastavro.parse_schema(strip_logical(copy.deepcopy(writer_schema)))
+            self.current_headers.discard(header)
+        self._ids = {**self._ids, schema_id: parsed}
+        self._refused = {k: v for k, v in self._refused.items() if k != schema_id}
+        self.schema_ids = {**self.schema_ids, schema_id: writer_schema}
+        self.ids_version += 1
+
+    def refuse_id(self, schema_id: int, reason: str) -> None:
+        """Quarantine values naming `schema_id` with `reason` (which should name the id),
+        until it is registered. An id already registered keeps its schema."""
+        if schema_id in self._ids:
+            return
+        self._refused = {**self._refused, schema_id: reason}
+        self.ids_version += 1
+
+    def knows_id(self, schema_id: int) -> bool:
+        """Whether `schema_id` decodes here (registered, not refused)."""
+        return schema_id in self._ids
+
+    def refused_ids(self) -> dict[int, str]:
+        """The refused ids and their reasons."""
+        return dict(self._refused)
+
+    def id_state(self) -> IdState:
+        """What `load_id_state` needs to give another codec the same ids (picklable)."""
+        return dict(self.schema_ids), dict(self._refused)
+
+    def load_id_state(self, state: IdState) -> None:
+        """Know exactly the ids of `state` (`id_state` of another codec), nothing else."""
+        schemas, refused = state
+        self._ids, self._refused, self.schema_ids = {}, {}, {}
+        self.current_headers.clear()
+        for schema_id, writer in schemas.items():
+            self.register_id(schema_id, writer)
+        for schema_id, reason in refused.items():
+            self.refuse_id(schema_id, reason)
 
     @property
     def known_fingerprints(self) -> list[str]:
@@ -308,28 +408,38 @@ class Codec:
             raise CodecError(f"cannot encode event: {exc}") from exc
         return out.getvalue()
 
-    def _writer_for(self, payload: bytes) -> Any:
-        if len(payload) < HEADER_LEN:
+    def _writer_for(self, payload: bytes) -> tuple[Any, int]:
+        """(parsed writer schema, None for the current one; offset of the body)."""
+        found = frame(payload)
+        if found.kind == CONFLUENT:
+            schema_id = int.from_bytes(found.key, "big")
+            ids = self._ids
+            if schema_id in ids:
+                return ids[schema_id], found.body
+            reason = self._refused.get(schema_id)
             raise CodecError(
-                f"truncated message: {len(payload)} bytes, shorter than the 10-byte header"
+                reason
+                or f"unknown schema id {schema_id} (Confluent wire format): the ledger holds no "
+                "writer schema for it (`ledger consume` resolves ids with --schema-registry or "
+                "--schema-dir)"
             )
-        if payload[:2] != MAGIC:
+        if found.key not in self._writers:
             raise CodecError(
-                f"not Avro single-object encoding: starts with {payload[:2].hex()}, expected c301"
-            )
-        fp = payload[2:HEADER_LEN]
-        if fp not in self._writers:
-            raise CodecError(
-                f"unknown schema fingerprint {fp.hex()}; "
+                f"unknown schema fingerprint {found.key.hex()}; "
                 f"known: {', '.join(self.known_fingerprints)}"
             )
-        return self._writers[fp]
+        return self._writers[found.key], found.body
 
     def decode(self, payload: bytes) -> tuple[dict[str, Any], str]:
-        """Decode to (record, data record full name); `record['data']` is a plain dict."""
-        writer = self._writer_for(payload)
+        """Decode to (record, data record full name); `record['data']` is a plain dict.
+
+        Either framing (`ledger.contract.framing`); raises `CodecError` with the reason the
+        quarantine keeps: a header in neither framing, an unknown fingerprint or schema id
+        (or the reason the id was refused), a body that does not decode or has trailing bytes.
+        """
+        writer, start = self._writer_for(payload)
         buf = io.BytesIO(payload)
-        buf.seek(HEADER_LEN)
+        buf.seek(start)
         try:
             if writer is None:
                 record = fastavro.schemaless_reader(
@@ -361,9 +471,9 @@ class Codec:
 
     def peek_envelope(self, payload: bytes) -> tuple[str, str, int]:
         """Read (event_id, type, occurred_at micros) without decoding `data`: cheap, for verify."""
-        self._writer_for(payload)
+        _, start = self._writer_for(payload)
         try:
-            n, pos = _read_length(payload, HEADER_LEN)
+            n, pos = _read_length(payload, start)
             event_id = payload[pos : pos + n].decode("utf-8")
             pos += n
             n, pos = _read_length(payload, pos)

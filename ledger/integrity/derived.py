@@ -12,9 +12,10 @@ table, the row's key and the seq it should come from.
 It runs after `store.catalog` has found the tables defined exactly as a ledger creates them
 (so a comparison cannot be bent by a collation, a type or a macro saved in the file).
 
-Cost: decoding (the lean reader, `BatchDecoder(checked=False)`) is ~5 µs per entry in Python,
-several times the chain checks (the verify section of bench/RESULTS.md); the comparison itself
-is a join on seq per table. On a ledger opened read-only with 100,000 entries or more, a
+Cost: decoding (the columnar reader, `vecdecode.ColumnarReader`: numpy steps over a whole
+batch) is ~1.4 µs per entry, about what the chain checks cost (the verify section of
+bench/RESULTS.md; the per-event lean reader it replaced took ~5-8); the comparison itself is a
+join on seq per table. On a ledger opened read-only with 100,000 entries or more, a
 worker process (`python -P -m ledger.integrity.derived`, its own read-only connection, one
 DuckDB thread) checks the head of the seq range while the calling process walks the hash
 chain, then checks the last `PARENT_SHARE` of the range itself, so `verify` uses both cores to
@@ -38,11 +39,13 @@ import duckdb
 import pyarrow as pa
 
 from ledger.contract.batch import decode_values
-from ledger.contract.codec import Codec, default_codec
+from ledger.contract.codec import Codec
 from ledger.contract.columns import SCHEMAS, TABLES
 from ledger.contract.fastdecode import BatchDecoder
+from ledger.contract.vecdecode import ColumnarReader, view_schema
 from ledger.store import Store
 from ledger.store.projections import META_TABLE
+from ledger.store.schemas import ledger_codec
 
 __all__ = ["PARALLEL_FROM", "DerivedCheck", "Difference", "check_range"]
 
@@ -54,7 +57,7 @@ WORKERS = 1
 #: the tail of the seq range this process checks itself once its chain walk is done, so that
 #: both cores stay busy to the end (with one worker, of 0.35, 0.4 and 0.45, 0.4 was fastest
 #: at 1M)
-PARENT_SHARE = 0.4
+PARENT_SHARE = 0.25
 #: differences kept per range (the total is always counted)
 KEEP = 50
 _BATCH = 32_768
@@ -153,11 +156,12 @@ def check_range(
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET enable_progress_bar = false")
     try:
+        codec = ledger_codec(con, codec)  # with the writer schemas the file keeps by schema id
         diffs: list[Difference] = []
         total = 0
         for start in range(lo, hi, _CHUNK):  # bounded memory: one chunk of rows at a time
             stop = min(start + _CHUNK, hi)
-            expected, undecodable = _expected(con, start, stop, codec or default_codec())
+            expected, undecodable = _expected(con, start, stop, codec)
             diffs += undecodable
             total += len(undecodable)
             for etype, (table, _, _) in SCHEMAS.items():
@@ -177,10 +181,16 @@ def _expected(
 ) -> tuple[dict[str, pa.Table], list[Difference]]:
     """The rows the entries of [lo, hi) project to, per event type, with their seqs.
 
-    The lean reader (`BatchDecoder(checked=False)`) takes every payload of the current
-    schema; the rest (an older schema, anything unusual) goes through the consumer's full
-    decode, which gives the same rows or the reason a payload does not decode."""
-    lean, full = BatchDecoder(codec, checked=False), BatchDecoder(codec)
+    The columnar reader (`vecdecode.ColumnarReader`, a whole batch per numpy step) takes
+    every payload of the current schema; the lean reader (`BatchDecoder(checked=False)`) and
+    then the consumer's full decode take the rest (an older schema, anything unusual), which
+    gives the same rows or the reason a payload does not decode."""
+    try:
+        columnar: ColumnarReader | None = ColumnarReader(codec)
+    except NotImplementedError:
+        columnar = None
+    lean: BatchDecoder | None = None
+    full: BatchDecoder | None = None
     parts: dict[str, list[pa.Table]] = {}
     bad: list[Difference] = []
     reader = con.sql(
@@ -188,31 +198,46 @@ def _expected(
         params=[lo, hi],
     ).to_arrow_reader(_BATCH)
     for batch in reader:
-        seqs = batch.column(0).to_pylist()
-        values = batch.column(1).to_pylist()
+        seqs: pa.Array = batch.column(0)
+        values_of = batch.column(1)
+        if columnar is not None:
+            tables, rest = columnar.read(values_of)
+            _add(parts, tables, seqs)
+            if not rest.size:
+                continue
+            taken = pa.array(rest)
+            seqs, values_of = seqs.take(taken), values_of.take(taken)
+        values = values_of.to_pylist()
+        if lean is None or full is None:  # compiled only for a batch that needs them
+            lean, full = BatchDecoder(codec, checked=False), BatchDecoder(codec)
         fast = lean.read_columns(values)
         accepted: list[int] = []
         rows: dict[str, pa.Table] = {}
         slow = list(range(len(values)))
         if fast is not None:
             accepted, _, _, _, rows, slow = fast
-        _add(parts, rows, [seqs[i] for i in accepted])
+        _add(parts, rows, seqs.take(pa.array(accepted, pa.int64())))
         if slow:
             decoded = decode_values([values[i] for i in slow], full)
             for pos, reason in decoded.rejected:
                 why = f"payload does not decode: {reason}"
-                bad.append(Difference("entries", None, seqs[slow[pos]], why))
-            _add(parts, decoded.rows, [seqs[slow[i]] for i in decoded.accepted])
+                bad.append(Difference("entries", None, seqs[slow[pos]].as_py(), why))
+            slow_seqs = seqs.take(pa.array(slow, pa.int64()))
+            _add(parts, decoded.rows, slow_seqs.take(pa.array(decoded.accepted, pa.int64())))
     return {etype: pa.concat_tables(tables) for etype, tables in parts.items()}, bad
 
 
-def _add(parts: dict[str, list[pa.Table]], rows: dict[str, pa.Table], seqs: list[int]) -> None:
-    """Keep decoded `rows`, whose `pos` column counts accepted events, under their seqs."""
-    accepted = pa.array(seqs, pa.int64())
+def _add(parts: dict[str, list[pa.Table]], rows: dict[str, pa.Table], seqs: pa.Array) -> None:
+    """Keep decoded `rows`, whose `pos` column indexes `seqs`, under their seqs (strings as
+    string views, the columnar reader's form)."""
     for etype, table in rows.items():
-        parts.setdefault(etype, []).append(
-            table.set_column(0, "seq", accepted.take(table.column(0)))
-        )
+        with_seq = table.set_column(0, "seq", seqs.take(table.column(0)))
+        if with_seq.schema != _VIEWS[etype]:
+            with_seq = with_seq.cast(_VIEWS[etype])
+        parts.setdefault(etype, []).append(with_seq)
+
+
+_VIEWS = {etype: view_schema(etype, "seq") for etype in SCHEMAS}
 
 
 def _compare(

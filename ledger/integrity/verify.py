@@ -16,7 +16,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger.contract.codec import Codec, default_codec
+from ledger.contract.codec import Codec
+from ledger.contract.framing import CONFLUENT_HEADER_LEN
 from ledger.errors import CodecError, StoreError
 from ledger.integrity.audit import Integrity, audit_ledger
 from ledger.integrity.derived import DerivedCheck
@@ -24,6 +25,7 @@ from ledger.store import Store
 from ledger.store.catalog import catalog_problems
 from ledger.store.checkpoints import ledger_origin
 from ledger.store.meta import meta_chain_of
+from ledger.store.schemas import ledger_codec, schema_problems
 from ledger.store.treestore import audit, root_of_entries
 from ledger.tlog import chain
 from ledger.tlog.chain import HASH_LEN
@@ -139,7 +141,7 @@ def _walk(
     """The batches in seq order: bulk screen, then the exact check of each flagged row."""
     expected = 0
     prev = chain.GENESIS
-    with _ReadAhead(reader, codec.header) as batches:
+    with _ReadAhead(reader, codec.header, frozenset(codec.current_headers)) as batches:
         for batch, joined, envelope_ok in batches:
             n = batch.num_rows
             if joined is None or envelope_ok is None:
@@ -168,10 +170,17 @@ class _ReadAhead:
     ahead on a thread. DuckDB, Arrow and numpy release the GIL, so this overlaps the per-row
     hashing (which cannot) and verify uses both cores. A batch with NULLs comes with None."""
 
-    def __init__(self, reader: pa.RecordBatchReader, header: bytes) -> None:
+    def __init__(
+        self,
+        reader: pa.RecordBatchReader,
+        header: bytes,
+        confluent: frozenset[bytes] = frozenset(),
+    ) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(reader, header), daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(reader, header, confluent), daemon=True
+        )
 
     def __enter__(self) -> Iterator[_Prepared]:
         self._thread.start()
@@ -191,7 +200,9 @@ class _ReadAhead:
                 return True
         return False
 
-    def _run(self, reader: pa.RecordBatchReader, header: bytes) -> None:
+    def _run(
+        self, reader: pa.RecordBatchReader, header: bytes, confluent: frozenset[bytes]
+    ) -> None:
         expected = 0
         try:
             for batch in reader:
@@ -200,7 +211,8 @@ class _ReadAhead:
                 if any(batch.column(i).null_count for i in range(7)):
                     item: _Prepared = (batch, None, None)
                 else:
-                    item = (batch, _hash_inputs(batch, expected), _envelope_matches(batch, header))
+                    envelope = _envelope_matches(batch, header, confluent)
+                    item = (batch, _hash_inputs(batch, expected), envelope)
                 expected += batch.num_rows
                 if not self._put(item):
                     return
@@ -333,9 +345,12 @@ def _binary_parts(column: pa.Array) -> tuple[npt.NDArray[np.int64], npt.NDArray[
     return offsets.astype(np.int64), np.frombuffer(data_buf, dtype=np.uint8)
 
 
-def _envelope_matches(batch: pa.RecordBatch, header: bytes) -> npt.NDArray[np.bool_]:
-    """Per row: the payload starts with `header`, then event_id, type and occurred_at exactly as
-    the row's columns hold them (Avro: zig-zag varint lengths, UTF-8 bytes, zig-zag varint).
+def _envelope_matches(
+    batch: pa.RecordBatch, header: bytes, confluent: frozenset[bytes] = frozenset()
+) -> npt.NDArray[np.bool_]:
+    """Per row: the payload starts with `header` (or, in the Confluent wire format, with one of
+    the 5-byte headers in `confluent`), then event_id, type and occurred_at exactly as the
+    row's columns hold them (Avro: zig-zag varint lengths, UTF-8 bytes, zig-zag varint).
 
     True only when certain; anything unusual (another schema, strings of 64 bytes or more, a
     10-byte varint) is False and left to the exact check.
@@ -348,6 +363,15 @@ def _envelope_matches(batch: pa.RecordBatch, header: bytes) -> npt.NDArray[np.bo
     for k, byte in enumerate(header):
         ok &= data[np.minimum(start + k, last)] == byte
     pos = start + len(header)
+    if confluent:  # or the Confluent wire format, naming an id of the current schema
+        ids = np.zeros(n, np.uint32)
+        for k in range(1, CONFLUENT_HEADER_LEN):
+            ids = (ids << np.uint32(8)) | data[np.minimum(start + k, last)]
+        known = np.array(sorted(int.from_bytes(h[1:], "big") for h in confluent), np.uint32)
+        framed = (end - start >= CONFLUENT_HEADER_LEN + 3) & np.isin(ids, known)
+        framed &= data[np.minimum(start, last)] == 0
+        ok |= framed
+        pos = np.where(framed, start + CONFLUENT_HEADER_LEN, pos)
     for column in (batch.column(1), batch.column(2)):
         s_off, s_data = _binary_parts(column)
         lengths = s_off[1:] - s_off[:-1]
@@ -415,8 +439,9 @@ def verify_store(
     derived = DerivedCheck.start(store, codec)
     keys = (*public_keys, *([public_key] if public_key else []))
     try:
+        # the entries in the Confluent wire format read with the writer schemas the file keeps
         report = _verify(
-            store, codec or default_codec(), progress, checkpoint, keys, origin, derived
+            store, ledger_codec(store.con, codec), progress, checkpoint, keys, origin, derived
         )
     finally:
         derived.cancel()
@@ -513,6 +538,9 @@ def _verify(
     meta_problem = _check_meta(store, size, checks)
     if meta_problem is not None and report.ok:
         report.ok, (report.bad_seq, report.reason) = False, meta_problem
+    schema_problem = _check_schemas(store, checks)
+    if schema_problem is not None and report.ok:
+        report.ok, report.bad_seq, report.reason = False, None, schema_problem
     checks.append("projections recomputed from the payloads")
     differences, total = derived.result()
     report.derived = [d.to_dict() for d in differences]
@@ -538,6 +566,22 @@ def _localized(
     if found.problem and found.bad_seq is not None and found.bad_seq < bad_seq:
         bad_seq, reason = found.bad_seq, f"{reason}; {found.problem}"
     return VerifyReport(False, size, head.hex(), bad_seq, reason, checks)
+
+
+def _check_schemas(store: Store, checks: list[str]) -> str | None:
+    """The writer schemas kept by Confluent schema id against the digests recorded with them
+    (`ledger.store.schemas`): the first problem (and how many more), or None. An edited row
+    changes what the entries that name its id say, with their bytes, hashes and checkpoints
+    intact."""
+    checks.append("writer schemas kept by schema id")
+    problems = schema_problems(store.con)
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return (
+        f"{problems[0]}{more}: the entries that name this schema id may read otherwise than "
+        "when they were appended"
+    )
 
 
 def _check_meta(store: Store, size: int, checks: list[str]) -> tuple[int | None, str] | None:

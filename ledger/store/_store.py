@@ -27,6 +27,8 @@ from ledger.contract.batch import EventBatch, Incoming, Rejected
 from ledger.errors import StoreError
 from ledger.store.meta import meta_chain_of
 from ledger.store.quarantine import split_repeats
+from ledger.store.schemas import TABLE_SQL as SCHEMA_IDS_SQL
+from ledger.store.schemas import StoredSchema, insert_schemas, stored_schemas
 from ledger.store.seen import SeenIds
 from ledger.tlog import chain
 
@@ -115,6 +117,8 @@ class _Head:
     #: the meta chain (`chain.meta_extend`); None for a ledger written before it existed
     meta: bytes | None = chain.GENESIS
     recorded_us: int = 0
+    #: the Confluent schema ids whose writer schema the file holds (`ledger.store.schemas`)
+    schema_ids: set[int] = field(default_factory=set)
 
 
 class StoreExtension(Protocol):
@@ -222,6 +226,7 @@ class Store:
         try:
             self.con.execute("BEGIN TRANSACTION")
             self.con.execute(SCHEMA_SQL)
+            self.con.execute(SCHEMA_IDS_SQL)  # writer schemas by Confluent schema id
             self.con.execute(
                 "INSERT INTO ledger_meta VALUES ('format_version', ?), ('created_at', ?) "
                 "ON CONFLICT DO NOTHING",
@@ -347,7 +352,8 @@ class Store:
                 meta = chain.GENESIS
             last = fetch_one(self.con, "SELECT epoch_us(max(recorded_at)) FROM entries")
             recorded = int(last[0]) if last and last[0] is not None else 0
-            self._head = _Head(size, head_hash, SeenIds(self.con), meta, recorded)
+            held = set(stored_schemas(self.con))
+            self._head = _Head(size, head_hash, SeenIds(self.con), meta, recorded, held)
         return self._head
 
     def recorded_meta(self) -> bytes | None:
@@ -361,12 +367,16 @@ class Store:
         rejected: Sequence[Rejected] = (),
         offsets: Mapping[tuple[str, int], int] | None = None,
         marks: Mapping[tuple[str, int], tuple[int, bytes]] | None = None,
+        schemas: Mapping[int, StoredSchema] | None = None,
     ) -> AppendResult:
         """Append a batch in one transaction: entries, quarantine, offsets, derived state.
 
         `marks` records, per (topic, partition), the offset and SHA-256 of the last record
         read, so that a consumer resuming later can tell that the topic is still the one it
-        read (`marks()`).
+        read (`marks()`). `schemas` are the writer schemas, by Confluent schema id, that the
+        batch was decoded with (and any resolved before it): those the file does not hold yet
+        are stored with it (`ledger.store.schemas`), so no entry is ever committed without the
+        schema that reads it; an id the file holds keeps its stored schema.
 
         An event whose `event_id` is already in the ledger (or earlier in the batch) is not
         appended again. With the same payload bytes as that first copy it is an exact repeat,
@@ -400,12 +410,15 @@ class Store:
         # strictly later than the last append: `verify` tells appends apart by recorded_at
         now_us = max(time.time_ns() // 1000, head.recorded_us + 1)
         now = _EPOCH + timedelta(microseconds=now_us)
+        new_schemas = [row for i, row in (schemas or {}).items() if i not in head.schema_ids]
         new_meta = head.meta
         if hashes and head.meta is not None:
             new_meta = chain.meta_extend(head.meta, seq0, now_us, batch.source)
         con = self.con
         try:
             con.execute("BEGIN TRANSACTION")
+            if new_schemas:
+                insert_schemas(con, new_schemas, now_us)
             if hashes:
                 self._insert_entries(seq0, batch, head.hash, hashes, now_us)
                 con.execute(
@@ -442,6 +455,7 @@ class Store:
         if hashes:
             head.meta, head.recorded_us = new_meta, now_us
         head.seen.add(batch.event_id, seq0)
+        head.schema_ids.update(row.schema_id for row in new_schemas)
         result.size = new_size
         result.head_hash = new_hash
         return result

@@ -14,10 +14,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger.contract.codec import Codec, default_codec
+from ledger.contract.codec import Codec
 from ledger.contract.columns import SCHEMAS, TABLE_NAMES, Row, rows_to_arrow
 from ledger.errors import StoreError
 from ledger.store._store import Appended, Store
+from ledger.store.schemas import ledger_codec
 
 __all__ = [
     "INDEXES",
@@ -163,7 +164,7 @@ def rebuild(
     """
     if store.read_only:
         raise StoreError(f"{store.path} is open read-only; rebuild needs write access")
-    codec = codec or default_codec()
+    codec = ledger_codec(store.con, codec)  # and the writer schemas the file keeps by id
     con = store.con
     ext = Projections()
     done = 0

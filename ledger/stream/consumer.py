@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import signal
 import time
@@ -20,13 +21,14 @@ from typing import Any, Literal, NoReturn, Protocol
 
 from ledger.config import Settings
 from ledger.contract.batch import Decoded
-from ledger.contract.codec import Codec, default_codec
+from ledger.contract.codec import Codec
 from ledger.errors import BrokerError
 from ledger.store import Store, fetch_one
 from ledger.stream._kafka import security_kwargs
 from ledger.stream._proc import tune_process
 from ledger.stream.fetch import Fetched, Prepared, assemble, record_digest, split_batch
 from ledger.stream.kafka_errors import KafkaPermanentError, TopicChangedError, classify
+from ledger.stream.registry import schema_resolution
 from ledger.stream.workers import DecodeWorkers, default_workers
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "Checkpointer",
     "ConsumeStats",
     "LedgerConsumer",
+    "StopSignals",
     "consume",
 ]
 
@@ -52,9 +55,11 @@ RETRY_MAX_S = 30.0
 SHUTDOWN_STEP_S = 3.0
 #: longest wait for the topic list when a session starts
 METADATA_TIMEOUT_S = 10.0
-#: while no message arrives, the broker is asked for end offsets this often, each answer
-#: awaited at most `PROBE_TIMEOUT_S`: a broker that went away is reported within 5 s
-PROBE_S = 2.0
+#: the broker is asked for end offsets this often (by the poll loop when idle, else by a
+#: watchdog beside it), each answer awaited at most `PROBE_TIMEOUT_S`: a broker that went
+#: away, or stopped answering, is reported within PROBE_S + PROBE_TIMEOUT_S = 3.5 s (the
+#: bound is 5 s), whatever the consumer is doing meanwhile
+PROBE_S = 1.0
 PROBE_TIMEOUT_S = 2.5
 
 
@@ -118,7 +123,9 @@ class LedgerConsumer:
         #: partitions whose first record must be the one the ledger read last: (offset, digest)
         self._check: dict[tuple[str, int], tuple[int, bytes]] = {}
         self.settings = settings
-        self.codec = codec or default_codec()
+        # the writer schemas the ledger keeps by Confluent schema id, and, with a registry or a
+        # schema directory configured, the resolver of new ids (`ledger.stream.registry`)
+        self.codec, self.schemas = schema_resolution(store, settings, codec)
         if decode_workers is None:
             decode_workers = settings.decode_workers
         if decode_workers is None:
@@ -144,6 +151,8 @@ class LedgerConsumer:
         self._first_message = 0.0
         self._last_commit = 0.0
         self._last_contact = time.monotonic()
+        #: a probe went unanswered and none has been answered since (said once per outage)
+        self._broker_down = False
 
     # -- control ---------------------------------------------------------------------------
 
@@ -164,6 +173,7 @@ class LedgerConsumer:
         """
         backoff = 0.5
         loop = asyncio.get_running_loop()
+        _QuietOrphans.install(loop)
         threads = self._yield_core()
         try:
             self._workers.start()
@@ -190,7 +200,7 @@ class LedgerConsumer:
                         backoff,
                     )
                 self._give_up_if_silent()
-                await self._sleep(backoff)
+                await self._sleep(self._retry_wait(backoff))
                 backoff = min(backoff * 2, RETRY_MAX_S)
             final = getattr(self.checkpointer, "final_checkpoint", None)
             if final is not None:  # a clean stop: sign the tail
@@ -214,6 +224,13 @@ class LedgerConsumer:
                 f"(--until-idle {self.until_idle:g}); nothing was lost: the next run resumes "
                 "from the offsets in the ledger"
             )
+
+    def _retry_wait(self, backoff: float) -> float:
+        """The backoff, cut short so that an `until_idle` bound is kept to the second."""
+        if self.until_idle is None:
+            return backoff
+        left = self.until_idle - (time.monotonic() - self._last_contact)
+        return max(0.05, min(backoff, left))
 
     def _yield_core(self) -> int | None:
         """With a decode worker, DuckDB keeps to one thread: the other core is the worker's
@@ -272,6 +289,7 @@ class LedgerConsumer:
             self.settings.bootstrap_servers,
             self.store.path,
         )
+        watchdog = asyncio.create_task(self._watch_broker(consumer))
         try:
             consumer.subscribe([self.settings.topic], listener=_listener(self))
             await self._poll_loop(consumer)
@@ -286,6 +304,8 @@ class LedgerConsumer:
                 raise failure from exc
             raise _Restart(f"Kafka error {type(exc).__name__}: {exc}") from exc
         finally:
+            watchdog.cancel()
+            await asyncio.wait([watchdog])  # never raises the watchdog's own cancellation
             self._consumer = None
             await self._stop_consumer(consumer)
 
@@ -301,7 +321,12 @@ class LedgerConsumer:
         topics = await asyncio.wait_for(consumer.topics(), METADATA_TIMEOUT_S)
         if self.settings.topic in topics:
             return
-        shown = sorted(t for t in topics if not t.startswith("__"))
+        wanted = self.settings.topic
+        # the likeliest meant (a typo of the name) first, so a long list still shows them
+        shown = sorted(
+            (t for t in topics if not t.startswith("__")),
+            key=lambda t: (-difflib.SequenceMatcher(None, t, wanted).ratio(), t),
+        )
         listed = ", ".join(shown[:20]) + (", ..." if len(shown) > 20 else "")
         raise KafkaPermanentError(
             f"topic {self.settings.topic!r} does not exist at {self.settings.bootstrap_servers} "
@@ -329,6 +354,10 @@ class LedgerConsumer:
                 async with self._lock:
                     batch = self._check_marks(batch)
                     fetched = split_batch(batch, self._expected)
+                    if self.schemas is not None and not await self.schemas.prepare(
+                        fetched.values, self._stop, self.until_idle
+                    ):
+                        continue  # stopped while the registry was away: this batch is not taken
                     job = self._workers.submit(fetched.values) if fetched.values else None
                     await self._flush()  # the previous batch appends while this one decodes
                     if job is not None:
@@ -373,14 +402,10 @@ class LedgerConsumer:
                 else {}
             )
         except (TimeoutError, OSError, KafkaError) as exc:
-            log.warning(
-                "broker %s not answering (%s); retrying",
-                self.settings.bootstrap_servers,
-                str(exc) or type(exc).__name__,
-            )
+            self._unanswered(exc, always=True)
             self._last_message = now
             return False
-        self._last_contact = now
+        self._answered(now)
         behind = False
         for tp in assignment:
             key = (tp.topic, tp.partition)
@@ -403,6 +428,47 @@ class LedgerConsumer:
         if behind or joining:
             self._last_message = now
         return True
+
+    async def _watch_broker(self, consumer: Any) -> None:
+        """Beside the poll loop for the whole session: whenever no probe has run for `PROBE_S`,
+        ask the broker for end offsets, so that a broker that went away is said within
+        `PROBE_S + PROBE_TIMEOUT_S` while the loop is busy too (appending the batches fetched
+        before, waiting on a commit), not only once it finds nothing more to fetch."""
+        from aiokafka.errors import KafkaError
+
+        while True:
+            await asyncio.sleep(max(self._last_probe + PROBE_S - time.monotonic(), 0.05))
+            now = time.monotonic()
+            if now - self._last_probe < PROBE_S:  # the poll loop asked meanwhile
+                continue
+            self._last_probe = now
+            assignment = list(consumer.assignment())
+            try:
+                call = consumer.end_offsets(assignment) if assignment else consumer.topics()
+                await asyncio.wait_for(call, PROBE_TIMEOUT_S)
+            except (TimeoutError, OSError, KafkaError) as exc:
+                self._unanswered(exc, always=False)
+            except Exception as exc:  # the client closing under it, say: not a verdict
+                log.debug("broker probe failed: %r", exc)
+            else:
+                self._answered(time.monotonic())
+
+    def _unanswered(self, exc: BaseException, always: bool) -> None:
+        """A probe went unanswered: said by the poll loop each time (it backs off after),
+        by the watchdog once per outage."""
+        if always or not self._broker_down:
+            log.warning(
+                "broker %s not answering (%s); retrying",
+                self.settings.bootstrap_servers,
+                str(exc) or type(exc).__name__,
+            )
+        self._broker_down = True
+
+    def _answered(self, now: float) -> None:
+        self._last_contact = now
+        if self._broker_down:
+            self._broker_down = False
+            log.info("broker %s answering again", self.settings.bootstrap_servers)
 
     def _joined_long_enough(self, now: float) -> bool:
         if self._assigned_once:
@@ -437,6 +503,7 @@ class LedgerConsumer:
             prepared.bad,
             prepared.offsets,
             prepared.marks,
+            dict(self.schemas.resolved) if self.schemas is not None else None,
         )
         self.stats.append_seconds += time.perf_counter() - started
         self._last_commit = time.monotonic()
@@ -450,8 +517,8 @@ class LedgerConsumer:
 
     async def _commit_advisory(self, offsets: Mapping[tuple[str, int], int]) -> None:
         consumer = self._consumer
-        if consumer is None or not offsets:
-            return
+        if consumer is None or not offsets or self._broker_down:
+            return  # with the broker gone, each try would hold the loop for SHUTDOWN_STEP_S
         from aiokafka import TopicPartition
 
         assigned = consumer.assignment()
@@ -594,6 +661,34 @@ async def _bounded(call: Awaitable[object], what: str) -> None:
         log.debug("%s failed: %s", what, exc)
 
 
+class _QuietOrphans:
+    """A loop exception handler for the Kafka client's orphans. When `_bounded` gives up on
+    a call (an advisory commit to a broker that hangs), aiokafka's request goes on inside
+    it, shielded; when that fails later, asyncio would print its traceback ("Task exception
+    was never retrieved") on stderr. Those are logged at debug level; everything else goes
+    on to the loop's own handler."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> None:
+        previous = loop.get_exception_handler()
+        if not isinstance(previous, cls):
+            loop.set_exception_handler(cls(previous))
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        from aiokafka.errors import KafkaError
+
+        exc = context.get("exception")
+        if isinstance(exc, KafkaError) and "never retrieved" in str(context.get("message")):
+            log.debug("Kafka client request given up on earlier failed: %r", exc)
+        elif self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+
 class _Restart(Exception):
     """The session must be rebuilt (fatal group error); offsets come from the ledger again."""
 
@@ -619,15 +714,21 @@ def consume(
     codec: Codec | None = None,
     store: Store | None = None,
     reset_offsets: Literal["earliest", "stored"] | None = None,
+    signals: StopSignals | None = None,
 ) -> ConsumeStats:
     """Run a consumer until SIGINT/SIGTERM (or idle): the `ledger consume` entry point.
 
+    SIGINT/SIGTERM stop it cleanly from the moment it is called (`StopSignals`; pass one
+    already entered to cover more, as the CLI does for the whole command).
+
     Raises `KafkaPermanentError` (exit 4) or `TopicChangedError` (exit 5), see
     `LedgerConsumer.run` and `LedgerConsumer.on_assigned`."""
-    tune_process()
-    own = store is None
-    store = store or Store.open(settings.db)
-    try:
+    with contextlib.ExitStack() as stack:
+        if signals is None:
+            signals = stack.enter_context(StopSignals())
+        tune_process()
+        if store is None:
+            store = stack.enter_context(Store.open(settings.db))
         store.con.execute(f"SET memory_limit = '{settings.memory_limit}'")
         consumer = LedgerConsumer(
             store,
@@ -637,23 +738,73 @@ def consume(
             checkpointer=checkpointer,
             reset_offsets=reset_offsets,
         )
-        return asyncio.run(_run_with_signals(consumer))
-    finally:
-        if own:
-            store.close()
+        return asyncio.run(_run_with_signals(consumer, signals))
 
 
-async def _run_with_signals(consumer: LedgerConsumer) -> ConsumeStats:
+class StopSignals:
+    """SIGINT/SIGTERM only ever ask the consumer to stop, for the whole of `consume`: one that
+    lands before the event loop runs is remembered and honoured as soon as it does; one that
+    lands while the run winds down (after its last commit, while workers and the file close)
+    must not turn a clean stop into an interrupted one. Off the main thread, where handlers
+    cannot be set, it does nothing. With `restore=False` the two signals are ignored after
+    `__exit__`: for a process that ends with the run (the `ledger consume` command), so that a
+    signal in its last milliseconds (interpreter shutdown included) cannot turn a clean exit
+    into an interrupted one."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, restore: bool = True) -> None:
+        self.early: str | None = None
+        self.running = False
+        self.restore = restore
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._outside_loop)
+        except ValueError:  # not the main thread
+            for num, handler in self._previous.items():
+                signal.signal(num, handler)
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = True
+        for sig, handler in self._previous.items():
+            # SIG_IGN, not a handler of ours: interpreter shutdown resets Python handlers to
+            # the default (killed by the signal), but leaves ignored signals ignored
+            signal.signal(sig, handler if self.restore else signal.SIG_IGN)
+        self._previous.clear()
+
+    def _outside_loop(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.running:
+            log.info("received %s while stopping; already finishing", name)
+        elif self.early is None:
+            self.early = f"received {name}"
+
+    def after_loop(self, sig: int) -> None:
+        """The loop's handler is gone (asyncio resets it to the default): catch it again."""
+        self.running = True
+        if sig in self._previous:
+            signal.signal(sig, self._outside_loop)
+
+
+async def _run_with_signals(consumer: LedgerConsumer, signals: StopSignals) -> ConsumeStats:
     loop = asyncio.get_running_loop()
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in StopSignals.SIGNALS:
         try:
             loop.add_signal_handler(sig, consumer.request_stop, f"received {sig.name}")
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):
             pass
+    if signals.early is not None:
+        consumer.request_stop(signals.early)
     try:
         return await consumer.run()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            signals.after_loop(sig)

@@ -9,7 +9,8 @@ The worker is `python -m ledger.stream.workers`, talking length-prefixed pickles
 stdout. Not `multiprocessing`: its spawn mode re-imports the caller's main module, which would
 re-run any unguarded script that embeds a consumer. The worker exits when its stdin closes or
 its parent dies (Linux PR_SET_PDEATHSIG), and ignores Ctrl-C, which the consumer handles by
-finishing its batch.
+finishing its batch. Schema ids the consumer resolves while it runs (`ledger.stream.registry`)
+reach the worker before the first batch that may name them (`("ids", Codec.id_state())`).
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ class _Worker:
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout
+        self.codec = codec
+        self._ids_version = codec.ids_version
         try:
-            self.pid = int(self._call((os.getpid(), codec.extra_schemas)))
+            self.pid = int(self._call((os.getpid(), codec.extra_schemas, codec.id_state())))
         except WorkerLost:
             self.stop(timeout=1.0)
             raise
@@ -121,6 +124,10 @@ class _Worker:
         return f"exit code {code}" + (f": {said}" if said else "")
 
     def decode(self, values: Sequence[bytes | None]) -> Decoded:
+        version = self.codec.ids_version
+        if version != self._ids_version:  # ids resolved (or refused) since: the worker first
+            self._call(("ids", self.codec.id_state()))
+            self._ids_version = version
         decoded: Decoded = self._call(values)
         return decoded
 
@@ -216,12 +223,14 @@ def main() -> None:
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt replies
     try:
-        parent, extra_schemas = _recv(requests)
+        parent, extra_schemas, ids = _recv(requests)
     except EOFError:
         return
     die_with_parent(signal.SIGKILL, parent)
     tune_process()
-    decoder = BatchDecoder(Codec(extra_schemas))
+    codec = Codec(extra_schemas)
+    codec.load_id_state(ids)
+    decoder = BatchDecoder(codec)
     _send(replies, ("ok", os.getpid()))
     while True:
         try:
@@ -229,7 +238,11 @@ def main() -> None:
         except EOFError:
             return
         try:
-            reply: tuple[str, object] = ("ok", decode_values(values, decoder))
+            if isinstance(values, tuple) and values[:1] == ("ids",):
+                codec.load_id_state(values[1])
+                reply: tuple[str, object] = ("ok", None)
+            else:
+                reply = ("ok", decode_values(values, decoder))
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}")
         _send(replies, reply)

@@ -91,9 +91,11 @@ def test_sigterm_finishes_the_batch_and_exits_0(
 
 
 def test_unreachable_broker_is_retried_and_said_not_silent(tmp_path: Path) -> None:
+    """Without --until-idle, an unreachable broker is retried (said on stderr) until a signal,
+    which is a clean stop: exit 0."""
     closed = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
-        consume_cmd(closed, "t", tmp_path / "l.duckdb", "--until-idle", "1"),
+        consume_cmd(closed, "t", tmp_path / "l.duckdb"),
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -102,10 +104,38 @@ def test_unreachable_broker_is_retried_and_said_not_silent(tmp_path: Path) -> No
     try:
         log = Stderr(proc)
         assert "retrying" in log.wait_for("unreachable")
-        time.sleep(1.5)
+        time.sleep(2.5)
         assert proc.poll() is None  # still trying, not exited as if caught up
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_while_stopping_are_no_interruption(tmp_path: Path, sig: signal.Signals) -> None:
+    """A signal stops the run cleanly (exit 0); more signals while it winds down (the worker
+    still starting, the file closing: a few hundred ms) never turn that into an interrupted
+    run or a traceback."""
+    closed = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        consume_cmd(closed, "t", tmp_path / "l.duckdb", "--until-idle", "30"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        log = Stderr(proc)
+        log.wait_for("unreachable")
+        for _ in range(6):
+            proc.send_signal(sig)
+            time.sleep(0.05)
+        code = proc.wait(20)
+        time.sleep(0.2)  # the reader thread takes the last lines
+        text = "".join(log.lines)
+        assert code == 0, text
+        assert f"received {sig.name}: finishing" in text
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text
     finally:
         proc.kill()
 

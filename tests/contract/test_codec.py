@@ -201,7 +201,10 @@ def payload(codec: Codec) -> bytes:
 
 
 def test_random_bytes(codec: Codec) -> None:
-    with pytest.raises(CodecError, match="not Avro single-object encoding: starts with 0001"):
+    with pytest.raises(CodecError, match=r"not Avro single-object encoding \(c301\) or the Con"):
+        codec.decode(bytes(range(1, 40)))
+    # a first byte 0x00 is the Confluent wire format: bytes 1-4 are a schema id
+    with pytest.raises(CodecError, match=r"unknown schema id 16909060 \(Confluent wire format\)"):
         codec.decode(bytes(range(40)))
     with pytest.raises(CodecError, match="shorter than the 10-byte header"):
         codec.decode(b"\xc3\x01\x00")
@@ -357,3 +360,82 @@ def test_released_schemas_folder_is_picked_up(
     assert codec_module.released_schemas() == [older_schema()]
     record, _ = Codec().decode(write_with(older_schema(), OLD_DATUM))
     assert record["event_id"] == "old-1"
+
+
+# -- the Confluent wire format: 0x00, 4-byte schema id, body ---------------------------------
+
+
+def confluent(schema_id: int, schema: dict[str, Any], datum: dict[str, Any]) -> bytes:
+    """A value as Confluent's serializers write it, from fastavro alone."""
+    out = io.BytesIO()
+    out.write(b"\x00" + schema_id.to_bytes(4, "big"))
+    fastavro.schemaless_writer(out, fastavro.parse_schema(copy.deepcopy(schema)), datum)
+    return out.getvalue()
+
+
+def test_a_schema_id_decodes_once_registered(codec: Codec, payload: bytes) -> None:
+    value = b"\x00\x00\x00\x00\x07" + payload[HEADER_LEN:]
+    with pytest.raises(CodecError, match=r"unknown schema id 7 \(Confluent wire format\)"):
+        codec.decode(value)
+    mine = Codec(schema_ids={7: current_schema()})
+    assert mine.decode(value) == codec.decode(payload)
+    assert mine.peek_envelope(value) == codec.peek_envelope(payload)
+    assert mine.current_headers == {value[:5]} and mine.knows_id(7)
+    assert not codec.knows_id(7)  # the shared codec is never changed
+
+
+def test_an_older_writer_schema_by_id_is_resolved_to_the_current_one() -> None:
+    value = confluent(3, older_schema(), OLD_DATUM)
+    codec = Codec(schema_ids={3: older_schema()})
+    assert codec.current_headers == set()  # not the current schema: fastavro resolves it
+    record, name = codec.decode(value)
+    assert (name, record["span_id"], record["data"]["model"]) == (
+        "ledger.v1.PrincipalRegistered",
+        None,
+        None,
+    )
+    assert codec.peek_envelope(value) == ("old-1", "principal.registered", 1_774_260_000_000_000)
+
+
+def test_a_schema_the_reader_cannot_resolve_is_refused_naming_the_id() -> None:
+    codec = Codec()
+    order = {"type": "record", "name": "Order", "fields": [{"name": "id", "type": "string"}]}
+    with pytest.raises(CodecError, match=r"schema id 9: cannot be read as ledger\.v1\.AuditEvent"):
+        codec.register_id(9, order)
+    with pytest.raises(CodecError, match="schema id 9: not an Avro record schema"):
+        codec.register_id(9, "string")
+    millis = copy.deepcopy(current_schema())
+    millis["fields"][2]["type"] = {"type": "long", "logicalType": "timestamp-millis"}
+    with pytest.raises(CodecError, match="timestamp-micros is written as long"):
+        codec.register_id(9, millis)
+    assert not codec.knows_id(9)
+
+
+def test_what_an_id_means_never_changes() -> None:
+    codec = Codec(schema_ids={5: current_schema()})
+    codec.register_id(5, current_schema())  # the same schema again: nothing to do
+    with pytest.raises(CodecError, match="schema id 5: already registered with another"):
+        codec.register_id(5, older_schema())
+    codec.refuse_id(5, "ignored")
+    assert codec.knows_id(5)
+
+
+def test_a_refused_id_is_quarantined_with_its_reason_until_registered(payload: bytes) -> None:
+    codec = Codec()
+    value = b"\x00\x00\x00\x00\x0b" + payload[HEADER_LEN:]
+    codec.refuse_id(11, "schema id 11: not found at the registry")
+    with pytest.raises(CodecError, match=r"^schema id 11: not found at the registry$"):
+        codec.decode(value)
+    codec.register_id(11, current_schema())
+    assert codec.refused_ids() == {} and codec.decode(value)[1] == "ledger.v1.DelegationGranted"
+
+
+def test_the_id_state_rebuilds_the_same_codec(payload: bytes) -> None:
+    codec = Codec(schema_ids={1: current_schema(), 2: older_schema()})
+    codec.refuse_id(3, "schema id 3: no")
+    copy_ = Codec()
+    copy_.load_id_state(codec.id_state())
+    assert copy_.id_state() == codec.id_state()
+    assert copy_.current_headers == codec.current_headers
+    value = b"\x00\x00\x00\x00\x01" + payload[HEADER_LEN:]
+    assert copy_.decode(value) == codec.decode(value)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ledger.contract import events
-from ledger.contract.codec import Codec
-from ledger.contract.fastdecode import FastDecoder
+from ledger.contract.codec import Codec, current_schema
+from ledger.contract.fastdecode import BatchDecoder, FastDecoder
 from ledger.errors import CodecError
 from tests import factories as f
 
@@ -122,3 +122,28 @@ def test_the_lean_batch_reader_gives_the_same_rows(codec: Codec) -> None:
     name = b"agent:a"
     broken = payloads[0].replace(name, b"agent:\xff", 1)
     assert BatchDecoder(codec, checked=False).read_columns([broken]) is None
+
+
+def test_an_id_of_the_current_schema_is_read_by_the_fast_paths_alike() -> None:
+    """Values in the Confluent wire format naming an id of the current schema: the same records
+    and rows as their single-object twins, without falling back; other ids fall back."""
+    codec = Codec(schema_ids={42: current_schema()})
+    payloads = [codec.encode(events.to_record(events.parse_event(ev))) for ev in _samples()]
+    framed = [b"\x00\x00\x00\x00\x2a" + p[10:] for p in payloads]
+    fast = FastDecoder(codec)
+    expected = [codec.decode(p) for p in payloads]
+    fast.codec = None  # type: ignore[assignment]  # any fallback would now fail loudly
+    assert [fast.decode(v) for v in framed] == expected
+    batch = BatchDecoder(codec)
+    both = batch.read_columns([*payloads, *framed])
+    assert both is not None and both[5] == []  # nothing left for the slow path
+    single = batch.read_columns(payloads)
+    assert single is not None
+    assert both[1] == single[1] * 2
+    lean = BatchDecoder(codec, checked=False).read_columns(framed)
+    assert lean is not None and lean[5] == []
+    for etype, table in single[4].items():
+        assert lean[4][etype].equals(table), etype
+    other = b"\x00\x00\x00\x00\x2b" + payloads[0][10:]
+    mixed = batch.read_columns([other, *payloads])
+    assert mixed is not None and mixed[5] == [0]

@@ -502,3 +502,112 @@ def test_a_failed_checkpoint_check_reports_the_whole_root_not_the_empty_one(
     assert report.merkle_root == merkle.root(hashes).hex() != merkle.EMPTY_ROOT.hex()
     assert report.merkle_root_size == N
     assert report.to_dict()["merkle_root_basis"].startswith("recomputed from the entry hashes")
+
+
+# -- entries in the Confluent wire format: verified offline with the schemas the file keeps ----
+
+
+@pytest.fixture
+def confluent_db(tmp_path: Path) -> Path:
+    """Single-object entries, entries naming id 7 (the current schema) and one naming id 3 (an
+    older writer schema, read through fastavro), each id's schema stored with them."""
+    import json
+
+    from ledger.store.schemas import StoredSchema
+    from tests.contract.test_codec import confluent
+    from tests.store.test_schemas import STORED, confluent_incoming
+    from tests.store.test_store import incoming as single_object
+
+    path = tmp_path / "confluent.duckdb"
+    codec = default_codec()
+    old = confluent(3, older_schema(), OLD_DATUM)
+    record, _ = Codec(schema_ids={3: older_schema()}).decode(old)
+    older = Incoming("old-1", "principal.registered", OLD_DATUM["occurred_at"], old, "t", record)
+    schemas = {7: STORED, 3: StoredSchema(3, json.dumps(older_schema()), "file:3.avsc")}
+    with Store.open(path) as store:
+        store.append([single_object(codec, f.principal("agent:p")), older], schemas=schemas)
+        store.append(
+            [confluent_incoming(f.action(f"a-{i}", "agent:p", minutes=i)) for i in range(20)],
+            schemas=schemas,
+        )
+    return path
+
+
+def test_confluent_entries_verify_offline_with_the_stored_schemas(confluent_db: Path) -> None:
+    with Store.open(confluent_db, read_only=True) as store:
+        report = verify_store(store)
+    assert report.ok, report.reason
+    assert report.size == 22 and "writer schemas kept by schema id" in report.checks
+
+
+def test_the_bulk_screen_takes_the_current_schemas_ids(confluent_db: Path) -> None:
+    from ledger.contract.framing import confluent_header
+
+    with Store.open(confluent_db, read_only=True) as store:
+        batch = store.con.sql(
+            "SELECT seq, event_id, type, epoch_us(occurred_at), payload, prev_hash, entry_hash "
+            "FROM entries ORDER BY seq"
+        ).to_arrow_table()
+    batch = batch.combine_chunks().to_batches()[0]
+    header = default_codec().header
+    ok = verify_module._envelope_matches(batch, header, frozenset({confluent_header(7)}))
+    # single-object and id 7 in bulk; id 3 (another schema) is left to the exact check
+    assert ok.tolist() == [True, False] + [True] * 20
+    assert verify_module._envelope_matches(batch, header).tolist() == [True] + [False] * 21
+
+
+def _swap_fields(text: str) -> str:
+    """The stored schema with ActionPerformed's `operation` and `resource` renamed into each
+    other: still a schema the reader resolves, and every action now reads the other way."""
+    import json
+
+    schema = json.loads(text)
+    data = next(fl for fl in schema["fields"] if fl["name"] == "data")
+    action = next(r for r in data["type"] if r["name"] == "ActionPerformed")
+    for field in action["fields"]:
+        field["name"] = {"operation": "resource", "resource": "operation"}.get(
+            field["name"], field["name"]
+        )
+    return json.dumps(schema)
+
+
+def test_an_edited_schema_row_fails_verify_naming_its_id(
+    confluent_db: Path, tmp_path: Path
+) -> None:
+    def edit(con: duckdb.DuckDBPyConnection) -> None:
+        (text,) = con.execute("SELECT schema FROM schema_ids WHERE schema_id = 7").fetchone()
+        con.execute("UPDATE schema_ids SET schema = ? WHERE schema_id = 7", [_swap_fields(text)])
+
+    path = tampered(confluent_db, tmp_path, edit)
+    with Store.open(path, read_only=True) as store:
+        report = verify_store(store)
+        # the entries still hash and chain: only the stored schema tells them apart
+        assert report.merkle_root and report.bad_seq is None
+    assert not report.ok
+    assert "schema_ids: the row of schema id 7 differs from the one the ledger stored" in str(
+        report.reason
+    )
+    assert report.derived_total >= 20  # and the projections no longer match what entries say
+
+
+def test_a_deleted_schema_row_fails_verify_at_the_first_entry_naming_it(
+    confluent_db: Path, tmp_path: Path
+) -> None:
+    path = tampered(confluent_db, tmp_path, lambda con: con.execute("DELETE FROM schema_ids"))
+    with Store.open(path, read_only=True) as store:
+        report = verify_store(store)
+    assert not report.ok and report.bad_seq == 1
+    assert "payload does not decode: unknown schema id 3" in str(report.reason)
+
+
+def test_verify_workers_read_the_stored_schemas_too(
+    confluent_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.integrity import derived
+
+    monkeypatch.setattr(derived, "PARALLEL_FROM", 1)
+    with Store.open(confluent_db, read_only=True) as store:
+        check = derived.DerivedCheck.start(store)
+        assert check._workers
+        assert check.result() == ([], 0)
+    assert check.redone == 0

@@ -58,7 +58,8 @@ def test_bad_messages_are_quarantined_with_reason_and_coordinates(
     body = io.BytesIO()
     fastavro.schemaless_writer(body, fastavro.parse_schema(codec.schema), mismatch)
     bad = [
-        (b"\x00garbage" + bytes(range(40)), "not Avro single-object encoding"),
+        (b"\x01garbage" + bytes(range(40)), "not Avro single-object encoding"),
+        (b"\x00garbage" + bytes(range(40)), f"unknown schema id {int.from_bytes(b'garb')}"),
         (b"\xc3\x01" + b"\xab" * 8 + valid[10:], "unknown schema fingerprint abab"),
         (valid[:-25], "truncated"),
         (empty_id, "event_id: String should have at least 1 character"),

@@ -4,12 +4,14 @@ transient ones are retried; a missing topic is never created; a silent broker is
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from ledger.store import Store
 from ledger.stream.broker import EmbeddedBroker
 from ledger.stream.consumer import LedgerConsumer
 from ledger.stream.kafka_errors import EXIT_KAFKA, KafkaPermanentError, classify, is_permanent
+from tests import factories as f
 
 PERMANENT = [
     ke.UnsupportedCodecError("Libraries for lz4 compression codec not found"),
@@ -144,7 +147,7 @@ def _ledger(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProces
 def test_a_missing_topic_is_named_and_never_created(
     broker: EmbeddedBroker, topic: str, tmp_path: Path
 ) -> None:
-    missing = f"typo-{uuid.uuid4().hex[:8]}"
+    missing = f"{topic}x"  # a typo of a topic that exists, among many on the shared broker
     done, _ = _ledger(
         "consume", "-b", broker.bootstrap_servers, "--topic", missing,
         "--db", str(tmp_path / "l.duckdb"), "--until-idle", "3",
@@ -152,7 +155,8 @@ def test_a_missing_topic_is_named_and_never_created(
     assert done.returncode == 4, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and missing in last and "does not exist" in last
-    assert topic in last  # the topics that do exist are listed
+    listed = last.split("topics there: ", 1)[1].rstrip(")").split(", ")
+    assert listed[0] == topic  # the topics that exist are listed, the likeliest meant first
     assert "Traceback" not in done.stderr
 
     async def topics() -> set[str]:
@@ -224,3 +228,108 @@ def _few_events(n: int) -> list[dict[str, Any]]:
 def _size(db: Path) -> int:
     with Store.open(db, read_only=True) as store:
         return store.size()
+
+
+class _Stream:
+    """A producer thread sending `values` at a steady pace until stopped or the broker goes."""
+
+    def __init__(self, bootstrap: str, topic: str, values: list[bytes], per_s: float) -> None:
+        self.bootstrap, self.topic, self.values, self.per_s = bootstrap, topic, values, per_s
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> _Stream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    async def _run(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=False, linger_ms=5
+        )
+        await producer.start()
+        started = time.monotonic()
+        try:
+            for i, value in enumerate(self.values):
+                if self._stop.is_set():
+                    break
+                await asyncio.wait_for(producer.send(self.topic, value), 2)
+                self.sent = i + 1
+                ahead = i / self.per_s - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        except Exception:  # the broker went away: that is the test
+            pass
+        finally:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(producer.stop(), 2)
+
+
+def _said_after(err: Any, start: int, timeout: float) -> tuple[str, float]:
+    """The first WARNING about the broker logged after line `start`, and when it came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(err.lines)[start:]:
+            if " WARNING " in line and ("broker" in line or "reconnecting" in line):
+                return line, time.monotonic()
+        time.sleep(0.02)
+    raise AssertionError(f"nothing said about the broker in {timeout}s: {err.lines[start:]}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+@pytest.mark.parametrize("phase", ["idle", "appending"])
+def test_a_broker_that_disappears_is_reported_within_5_s(
+    tmp_path: Path, phase: str, how: str
+) -> None:
+    """Issue 13: a broker that goes away is said on stderr within 5 s (measured from its end),
+    whether the consumer sat idle or was appending a stream of events. Killed (SIGKILL:
+    connections refused at once) or frozen (SIGSTOP: connections stay open and nothing
+    answers, as with a hung host or a network partition)."""
+    from tests.kafkautil import Stderr, produce, wire
+
+    db = tmp_path / "l.duckdb"
+    with EmbeddedBroker() as own, contextlib.ExitStack() as stack:
+        assert own.process is not None
+        broker_pid = own.process.pid
+        stack.callback(lambda: os.kill(broker_pid, signal.SIGKILL))  # also ends a frozen one
+        topic = own.create_topic(f"t-gone-{phase}", partitions=2)
+        produce(own.bootstrap_servers, topic, [wire(e) for e in _few_events(30)])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger", "consume", "-b", own.bootstrap_servers,
+             "--topic", topic, "--db", str(db)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        stack.callback(proc.kill)
+        err = Stderr(proc)
+        if phase == "idle":
+            err.wait_for(": 30 appended", timeout=30)  # the progress line, every 5 s
+            time.sleep(0.5)
+        else:
+            err.wait_for("assigned", timeout=30)
+            more = [wire(f.principal(f"agent:s{i}")) for i in range(20_000)]
+            stream = stack.enter_context(_Stream(own.bootstrap_servers, topic, more, 2000))
+            time.sleep(2.5)
+            assert 0 < stream.sent < len(more), "the stream must still be flowing"
+        start = len(err.lines)
+        os.kill(broker_pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        ended, ended_wall = time.monotonic(), time.time()
+        line, said = _said_after(err, start, timeout=60)
+        took = said - ended
+        assert took < 5.0, f"the broker's end was said {took:.1f}s after it: {line}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, "\n".join(err.lines)
+    assert not any("Traceback" in line for line in err.lines), "".join(err.lines)
+    if phase == "appending":  # it was mid-stream: entries were appended just before the end
+        with Store.open(db, read_only=True) as store:
+            row = store.con.execute(
+                "SELECT count(*) FROM entries WHERE epoch_us(recorded_at) >= ?",
+                [int((ended_wall - 1.0) * 1e6)],
+            ).fetchone()
+        assert row is not None and row[0] > 0

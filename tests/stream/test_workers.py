@@ -96,6 +96,32 @@ def test_the_worker_gets_the_consumers_extra_schemas() -> None:
     assert (got.accepted, got.event_id, got.rejected) == ([0], ["old-1"], [])
 
 
+def test_schema_ids_resolved_after_the_worker_started_reach_it(codec: Codec) -> None:
+    """The consumer registers ids while it runs (`ledger.stream.registry`): the worker decodes
+    the next batch with them, and quarantines a refused id with the consumer's reason."""
+    from ledger.contract.codec import current_schema
+
+    mine = Codec()
+    value = b"\x00\x00\x00\x00\x05" + _values(codec, 1)[0][10:]  # type: ignore[index]
+    workers = DecodeWorkers(mine, 1)
+
+    async def scenario() -> list[Decoded]:
+        workers.start()
+        first = await workers.submit([value])
+        mine.register_id(5, current_schema())
+        mine.refuse_id(6, "schema id 6: not in the registry")
+        second = await workers.submit([value, b"\x00\x00\x00\x00\x06" + value[5:]])
+        return [first, second]
+
+    try:
+        first, second = asyncio.run(scenario())
+        assert not workers.in_process  # both decoded by the worker process
+    finally:
+        workers.close()
+    assert first.accepted == [] and "unknown schema id 5" in first.rejected[0][1]
+    assert second.accepted == [0] and second.rejected == [(1, "schema id 6: not in the registry")]
+
+
 def test_a_killed_worker_is_replaced_by_decoding_in_process(
     codec: Codec, caplog: pytest.LogCaptureFixture
 ) -> None:
