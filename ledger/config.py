@@ -105,8 +105,12 @@ class Settings(BaseSettings):
     # Logging of the long-running commands (consume, broker): DEBUG, INFO, WARNING, ERROR.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Emitter: where events wait on disk while the broker is unreachable, and its size limit.
+    # A directory holds one spool per destination (brokers + topic); None = the user's cache.
     spool: str | None = None
     spool_max_bytes: int = 256 * 1024 * 1024
+    # Emitter: when emit() returns. "spool": once the event is written to the spool and
+    # fsynced; "memory": at once, within a bounded loss window (README: durability modes).
+    durability: Literal["spool", "memory"] = "spool"
 
     @classmethod
     def settings_customise_sources(
@@ -235,6 +239,7 @@ FLAGS: dict[str, str] = {
     "log_level": "--log-level",
     "memory_limit": "--memory-limit",
     "spool": "--spool",
+    "durability": "--durability",
 }
 
 

@@ -5,7 +5,7 @@ A stable name for agent code; the implementation lives in `ledger.stream.emitter
 
 from __future__ import annotations
 
-from ledger.errors import SpoolFullError
-from ledger.stream.emitter import Emitter, SyncEmitter
+from ledger.errors import SpoolError, SpoolFullError
+from ledger.stream.emitter import EmitReport, Emitter, SyncEmitter
 
-__all__ = ["Emitter", "SpoolFullError", "SyncEmitter"]
+__all__ = ["EmitReport", "Emitter", "SpoolError", "SpoolFullError", "SyncEmitter"]

@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "LedgerError",
     "NotFoundError",
+    "SpoolError",
     "SpoolFullError",
     "StoreError",
     "ValidationError",
@@ -49,12 +50,12 @@ class BrokerError(LedgerError):
     """Kafka is unreachable or refused a request."""
 
 
-class SpoolFullError(LedgerError):
+class SpoolError(LedgerError):
+    """The emitter's on-disk spool cannot be written or synced (disk full, I/O error); the
+    event whose `emit()` raises it was not accepted."""
+
+
+class SpoolFullError(SpoolError):
     """The emitter's on-disk spool reached its size limit; events would otherwise be dropped.
 
-    `unsent` counts events the caller had already handed over that are neither delivered nor
-    spooled (raised by `close()`): they are reported, never dropped silently."""
-
-    def __init__(self, message: str, unsent: int = 0) -> None:
-        super().__init__(message)
-        self.unsent = unsent
+    The event whose `emit()` raises it was not accepted; nothing accepted before is lost."""

@@ -84,57 +84,78 @@ def _logging(verbose: bool, level: str = "INFO") -> None:
 
 
 @click.command()
-@click.argument("file", metavar="FILE|-")
+@click.argument("file", metavar="[FILE|-]", required=False)
 @kafka_options
 @click.option(
     "--skip-invalid", is_flag=True, help="Send the valid lines even if some are invalid (exit 3)."
 )
-@click.option("--spool", default=None, metavar="PATH", help="Spool file. Env: LEDGER_SPOOL.")
+@click.option(
+    "--spool",
+    default=None,
+    metavar="PATH",
+    help="Spool file, or a directory holding one per destination. Env: LEDGER_SPOOL. "
+    "[default: ~/.cache/agent-ledger/TOPIC-HASH.spool]",
+)
 @click.option(
     "--compression",
     type=click.Choice(["none", "gzip", "snappy", "lz4", "zstd"]),
     default=None,
     help="Compress record batches on the wire. Env: LEDGER_COMPRESSION. [default: none]",
 )
+@click.option(
+    "--durability",
+    type=click.Choice(["spool", "memory"]),
+    default=None,
+    help="spool: every batch is fsynced in the spool before the next; memory: written, "
+    "fsynced every second. Env: LEDGER_DURABILITY. [default: spool]",
+)
 @json_option
 def emit(
     *,
-    file: str,
+    file: str | None,
     bootstrap_servers: str | None,
     topic: str | None,
     skip_invalid: bool,
     spool: str | None,
     compression: str | None,
+    durability: str | None,
     security: dict[str, Any],
     as_json: bool,
 ) -> int:
-    """Send events from a JSON Lines file (`-` reads stdin) to Kafka as single-object Avro.
+    """Send events from a JSON Lines file (`-` reads stdin) to Kafka as single-object Avro;
+    first, whatever waits in the spool of that destination (brokers + topic). Without FILE,
+    only the spool is sent.
 
     Every line is validated first: if any is invalid, nothing is sent and each bad line
     is listed with its number and reason, unless --skip-invalid. Keys are the delegation
-    id, else the principal id. If Kafka is unreachable, events wait in the spool file
-    and are re-sent by the next `ledger emit`.
+    id, else the principal id. Events Kafka does not acknowledge wait in the spool and are
+    re-sent by the next `ledger emit` to the same destination. Damaged spool frames are
+    moved to SPOOL.bad (offset, reason, bytes) and counted.
 
     \b
     Examples:
       ledger emit examples/events.jsonl -b localhost:9092
       cat events.jsonl | ledger emit - --topic agent-audit-events --skip-invalid
       ledger emit events.jsonl --compression zstd
+      ledger emit -b kafka-1:9092 --topic agent-audit-events   # re-send the spool only
 
-    Exit: 0 all sent, 3 some lines skipped (--skip-invalid), 1 invalid input or Kafka error.
+    Exit: 0 all delivered; 3 some lines skipped (--skip-invalid); 6 some events not
+    delivered (they wait in the spool); 7 events lost: spool frames damaged (see SPOOL.bad)
+    or a spool write failed; 1 invalid input or another error. 7 wins over 6, 6 over 3.
     """
     from ledger.config import load
-    from ledger.stream.emitfile import emit_lines
+    from ledger.stream.emitfile import SpoolDamagedError, UndeliveredError, emit_lines
     from ledger.stream.ingest import read_lines
 
-    if file != "-" and not os.path.isfile(file):
+    if file is not None and file != "-" and not os.path.isfile(file):
         raise LedgerError(f"no such file: {file}")
     settings = load(
         bootstrap_servers=bootstrap_servers, topic=topic, spool=spool, compression=compression,
-        **security,
+        durability=durability, **security,
     )  # fmt: skip
     _logging(False, settings.log_level)
-    summary = emit_lines(read_lines([file]), settings, skip_invalid=skip_invalid)
+    lines = read_lines([file]) if file is not None else []
+    summary = emit_lines(lines, settings, skip_invalid=skip_invalid)
     if as_json:
         echo_json(summary.to_dict())
     for source, reason in summary.invalid[:MAX_LISTED]:
@@ -146,16 +167,32 @@ def emit(
             f"{len(summary.invalid)} of {summary.lines} lines are invalid; nothing sent "
             "(fix them, or use --skip-invalid)"
         )
-    if not as_json and not summary.spooled:
-        click.echo(
-            f"{summary.sent + summary.resent:,} events sent to {settings.topic} "
-            f"({summary.rate:,.0f}/s), {summary.skipped:,} invalid lines skipped"
+    counts = (
+        f"{summary.sent:,} sent, {summary.resent:,} re-sent from the spool, "
+        f"{summary.damaged:,} damaged, {summary.unsent:,} unsent"
+    )
+    if summary.not_written:
+        raise SpoolDamagedError(
+            f"{counts}: {summary.not_written:,} event(s) were lost to a failed write of spool "
+            f"{summary.spool} (see the errors above)"
         )
-    if summary.spooled:
-        raise LedgerError(
-            f"Kafka {settings.bootstrap_servers} unreachable: {summary.spooled:,} events of this "
-            f"run wait in spool {summary.spool} ({summary.spool_bytes:,} bytes in all); they are "
-            "re-sent first by the next `ledger emit` with this spool"
+    if summary.damaged:
+        raise SpoolDamagedError(
+            f"{counts}: {summary.damaged_regions:,} damaged region(s) of spool {summary.spool} "
+            f"lost at least {summary.damaged:,} event(s); their bytes and offsets are in "
+            f"{summary.bad_file}"
+        )
+    if summary.unsent:
+        raise UndeliveredError(
+            f"{counts}: Kafka {settings.bootstrap_servers} did not take them; they wait in spool "
+            f"{summary.spool} ({summary.spool_bytes:,} bytes) and are re-sent first by the next "
+            f"`ledger emit` to {settings.topic} on these brokers"
+        )
+    if not as_json:
+        torn = f", {summary.torn:,} torn tail(s) of crashed writes set aside" * bool(summary.torn)
+        click.echo(
+            f"{counts} to {settings.topic} ({summary.rate:,.0f}/s), "
+            f"{summary.skipped:,} invalid lines skipped{torn}"
         )
     return EXIT_QUARANTINED if summary.skipped else EXIT_OK
 

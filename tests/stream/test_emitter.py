@@ -1,10 +1,13 @@
-"""The emitter SDK against the real embedded broker, and with the broker down (spool)."""
+"""The emitter SDK against the real embedded broker, and with the broker down (spool): the
+durability modes, counters, one spool per destination, reports, and a library's manners."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -15,10 +18,11 @@ from typing import Any
 import pytest
 
 from ledger.contract.codec import Codec
-from ledger.errors import SpoolFullError, ValidationError
+from ledger.errors import ConfigError, SpoolFullError, ValidationError
+from ledger.stream import spool as spool_module
 from ledger.stream.broker import EmbeddedBroker, free_port
 from ledger.stream.emitter import Emitter, SyncEmitter
-from ledger.stream.spool import Message, Spool
+from ledger.stream.spool import Message, Spool, destination, frame_size, spool_file
 from tests import factories as f
 from tests.kafkautil import read_all
 
@@ -63,7 +67,8 @@ async def test_events_and_constructors_reach_kafka_keyed_and_encoded(
         assert await em.flush(10)
         counters = em.counters
 
-    assert counters["sent"] == 4 and counters["spooled"] == counters["failed"] == 0
+    assert counters["sent"] == counters["emitted"] == 4
+    assert counters["spooled"] == counters["failed"] == counters["unsent"] == 0
     records = await asyncio.to_thread(read_all, broker.bootstrap_servers, topic)
     got = {rec["event_id"]: (key, rec) for key, rec in _decoded(codec, records)}
     assert set(got) == set(ids)
@@ -92,7 +97,7 @@ async def test_invalid_events_are_refused_before_anything_is_sent(
                 not_before="2026-01-02T00:00:00Z",
                 expires_at="2026-01-01T00:00:00Z",
             )
-        assert em.counters["queued"] == 0
+        assert em.counters["emitted"] == em.counters["unsent"] == 0
     assert await asyncio.to_thread(read_all, broker.bootstrap_servers, topic) == []
 
 
@@ -124,8 +129,7 @@ async def test_broker_down_events_spool_then_arrive_in_per_key_order(
         async with em:
             for ev in sent[:300]:
                 await em.emit(ev)
-            await asyncio.sleep(0.5)
-            assert em.counters["spooled"] == 300
+            await _until(lambda: em.counters["spooled"] == 300, "300 events spooled")
             assert spool_path.stat().st_size > 300 * 100
             await asyncio.to_thread(later.start)
             await asyncio.to_thread(later.create_topic, "spooled", 3)
@@ -137,35 +141,48 @@ async def test_broker_down_events_spool_then_arrive_in_per_key_order(
     finally:
         later.stop()
 
-    assert counters["resent"] + counters["sent"] == 400
-    assert counters["resent"] >= 300
+    assert counters["resent"] + counters["sent"] == counters["emitted"] == 400
+    assert counters["resent"] >= 300 and counters["spooled"] >= 300 and counters["unsent"] == 0
     order = _per_key_order(codec, records)
     for k in range(5):
         assert order[f"d-{k}".encode()] == [f"a-{k}-{i}" for i in range(80)]
 
 
 @pytest.mark.integration
-def test_spool_survives_a_restart_and_is_resent_first(
-    broker: EmbeddedBroker, topic: str, spool_path: Path, codec: Codec
-) -> None:
-    closed = f"127.0.0.1:{free_port()}"
+def test_spool_survives_a_restart_and_is_resent_first(spool_path: Path, codec: Codec) -> None:
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
     sent = _actions(60, keys=3)
-    with SyncEmitter(closed, topic, spool_path=spool_path, delivery_timeout=1) as down:
+    with SyncEmitter(bootstrap, "restart", spool_path=spool_path, delivery_timeout=1) as down:
         for ev in sent[:40]:
             down.emit(ev)
-    assert down.counters["spooled"] == 40
+    assert down.counters["spooled"] == down.counters["unsent"] == 40
     assert spool_path.exists()
 
-    with SyncEmitter(broker.bootstrap_servers, topic, spool_path=spool_path) as up:
-        for ev in sent[40:]:
-            up.emit(ev)
-        assert up.flush(20)
-        counters = up.counters
-    # While the old spool drains, new events queue behind it on disk: order first.
-    assert counters["resent"] >= 40 and counters["resent"] + counters["sent"] == 60
-
-    order = _per_key_order(codec, read_all(broker.bootstrap_servers, topic))
+    later = EmbeddedBroker(port=port)
+    try:
+        later.start()
+        later.create_topic("restart", 3)
+        with SyncEmitter(bootstrap, "restart", spool_path=spool_path) as up:
+            for ev in sent[40:]:
+                up.emit(ev)
+            assert up.flush(20)
+            counters = up.counters
+        # While the old spool drains, new events queue behind it on disk: order first.
+        assert counters["resent"] >= 40 and counters["resent"] + counters["sent"] == 60
+        order = _per_key_order(codec, read_all(bootstrap, "restart"))
+    finally:
+        later.stop()
     assert order[b"d-1"] == [f"a-1-{i}" for i in range(20)]
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `condition` (yielding to the loop) until it holds; fail, not hang, past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"not observed within {timeout:.0f}s: {what}")
+        await asyncio.sleep(0.005)
 
 
 def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -177,104 +194,259 @@ def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0)
         time.sleep(0.005)
 
 
-def _encoded(events: list[dict[str, Any]], limit: int) -> tuple[list[Message], list[int], int]:
-    """What the emitter writes for `events`: the messages, their spool frame sizes (as
-    spool.py lays them out) and how many of them, oldest first, a spool of `limit` bytes holds."""
-    encoder = Emitter("127.0.0.1:9", "t")  # never started: it only encodes
-    encoded = [encoder.prepare(ev) for ev in events]
-    frame_bytes = [10 + len(key) + len(value) for key, value in encoded]
-    fits = sum(1 for total in accumulate(frame_bytes) if total <= limit)
-    assert 1 < fits < len(events)
-    return encoded, frame_bytes, fits
-
-
-def _on_disk(spool_path: Path, limit: int) -> list[Message]:
-    spool = Spool(spool_path, limit)
+def _on_disk(path: Path, bootstrap: str, topic: str) -> list[Message]:
+    spool = Spool(path, 1 << 30, destination=destination(bootstrap, topic))
     try:
-        return spool.read(1_000_000)[0]
+        return spool.read(1_000_000).messages
     finally:
         spool.close()
 
 
 def test_full_spool_raises_to_the_caller_instead_of_dropping(spool_path: Path) -> None:
-    # The broker being down is made certain before the emits that count: nothing listens on
-    # `closed`, and the first event reaching the spool shows the emitter has seen that (it marks
-    # Kafka down before it spills its queue). From then on every emit goes straight to the spool,
-    # so exactly the events that fit are accepted and the next one raises, whatever the timing.
+    # Nothing listens on `closed`: every event waits in the spool, so exactly the events whose
+    # frames fit in `limit` bytes are accepted, and the next one raises, whatever the timing.
     closed = f"127.0.0.1:{free_port()}"
     limit = 20_000
     sent = _actions(1000, keys=2)
-    encoded, frame_bytes, fits = _encoded(sent, limit)
-
     em = SyncEmitter(closed, "t", spool_path=spool_path, spool_max_bytes=limit, delivery_timeout=1)
+    encoded = [em._emitter.prepare(ev) for ev in sent]
+    fits = sum(1 for total in accumulate(frame_size(k, v) for k, v in encoded) if total <= limit)
+    assert 1 < fits < len(sent)
     em.start()
     try:
-        em.emit(sent[0])
-        _wait_until(
-            lambda: em.counters["spooled"] == 1, "first event spooled after a failed connect"
-        )
-        accepted = 1
+        accepted = 0
         with pytest.raises(SpoolFullError, match="full"):
-            for ev in sent[1:]:
+            for ev in sent:
                 em.emit(ev)
                 accepted += 1
         assert accepted == fits  # raised at the first event that did not fit, not before or after
         with pytest.raises(SpoolFullError, match="full"):  # and it keeps refusing, not dropping
             em.emit(sent[accepted])
-        counters = em.counters
     finally:
-        em.close()  # nothing waits in memory, so close() has nothing to spool or report
-    assert counters == {
-        "sent": 0,
-        "spooled": accepted,
-        "resent": 0,
-        "failed": 0,
-        "queued": 0,
-        "spool_bytes": sum(frame_bytes[:accepted]),
-    }
-    # Every accepted event is on disk, in order, and none of the refused ones.
-    assert _on_disk(spool_path, limit) == encoded[:accepted]
-
-
-def test_events_queued_before_the_broker_is_seen_down_are_spooled_or_reported(
-    spool_path: Path,
-) -> None:
-    # The other order: events accepted into memory while the emitter still waits for the broker.
-    # A fake broker accepts the emitter's connection and answers nothing, so its first connect
-    # hangs until the test hangs up: every event is certainly queued when the failure is seen.
-    limit = 20_000
-    sent = _actions(1000, keys=2)
-    encoded, _frame_bytes, fits = _encoded(sent, limit)
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(30)
-    address = f"127.0.0.1:{server.getsockname()[1]}"
-    em = SyncEmitter(
-        address, "t", spool_path=spool_path, spool_max_bytes=limit, delivery_timeout=60
+        report = em.close()
+    assert (report.emitted, report.unsent, report.sent, report.resent) == (fits, fits, 0, 0)
+    assert report.spooled == fits and report.spool_bytes == sum(
+        frame_size(k, v) for k, v in encoded[:fits]
     )
+    # Every accepted event is on disk, in order, and none of the refused ones.
+    assert _on_disk(spool_path, closed, "t") == encoded[:fits]
+
+
+class _Stuck:
+    """Holds the spool writer inside `Spool.append` until released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        real = Spool.append
+
+        def append(spool: Spool, messages: Any, reserved: int = 0) -> int:
+            self.entered.set()
+            self.release.wait(60)
+            return real(spool, messages, reserved)
+
+        monkeypatch.setattr(Spool, "append", append)
+
+
+def test_spool_mode_returns_only_once_the_event_is_written(
+    spool_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = _Stuck(monkeypatch)
+    closed = f"127.0.0.1:{free_port()}"
+    em = SyncEmitter(closed, "t", spool_path=spool_path, delivery_timeout=1)
     em.start()
-    checked = False
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (em.emit(_actions(1, 1)[0]), done.set()))
+    thread.start()
+    assert stuck.entered.wait(30)
+    thread.join(0.3)
+    assert not done.is_set()  # emit() waits while its event is not on disk
+    stuck.release.set()
+    thread.join(30)
+    assert done.is_set()
+    synced = []
+    real_sync = Spool.sync
+    monkeypatch.setattr(Spool, "sync", lambda s, seq=None: (synced.append(seq), real_sync(s, seq)))
+    em.emit(_actions(2, 1)[1])
+    assert synced, "emit() returned without an fsync"
+    em.close()
+    assert len(_on_disk(spool_path, closed, "t")) == 2
+
+
+def test_memory_mode_holds_at_most_memory_events_in_memory(
+    spool_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = _Stuck(monkeypatch)
+    closed = f"127.0.0.1:{free_port()}"
+    bound = 10
+    em = SyncEmitter(closed, "t", spool_path=spool_path, durability="memory",
+                     memory_events=bound, delivery_timeout=1)  # fmt: skip
+    em.start()
+    evs = _actions(bound + 1, keys=1)
+    for ev in evs[:bound]:
+        em.emit(ev)  # memory mode: returns at once, the writer being stuck or not
+    assert stuck.entered.wait(30)
+    assert em.counters["queued"] == bound
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (em.emit(evs[bound]), done.set()))
+    thread.start()
+    thread.join(0.3)
+    assert not done.is_set()  # the bound is reached: the next emit waits for the writer
+    assert em.counters["queued"] == bound
+    stuck.release.set()
+    thread.join(30)
+    assert done.is_set()
+    em.close()
+    assert len(_on_disk(spool_path, closed, "t")) == bound + 1
+
+
+def test_memory_mode_writes_within_its_window_without_further_emits(spool_path: Path) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    em = SyncEmitter(closed, "t", spool_path=spool_path, durability="memory", delivery_timeout=1)
+    em.start()
     try:
-        conn, _ = server.accept()
-        with conn:
-            for ev in sent:
-                em.emit(ev)
-            assert em.counters["queued"] == len(sent) and em.counters["spooled"] == 0
-        # Hung up: the connect fails and the queue spills, oldest first, as far as it fits, and
-        # keeps the rest (a spill that stops anywhere else times out here).
-        _wait_until(lambda: em.counters["spooled"] == fits, f"{fits} events spilled to the spool")
-        assert em.counters["queued"] == len(sent) - fits
-        with pytest.raises(SpoolFullError, match="full"):  # the next caller hears of it
-            em.emit(sent[0])
-        assert em.counters["queued"] == len(sent) - fits  # and nothing was dropped
-        checked = True
+        em.emit(_actions(1, 1)[0])
+        _wait_until(lambda: em.counters["queued"] == 0, "the event written by the writer thread")
+        assert em._emitter._spool is not None and em._emitter._spool.pending == 1
     finally:
-        server.close()  # from here on a reconnect fails at once
-        if not checked:
-            with contextlib.suppress(Exception):
-                em.close()
-    # close() spools nothing more (the spool is full) and reports what it could not spool.
-    with pytest.raises(SpoolFullError, match="full") as raised:
         em.close()
-    assert raised.value.unsent == len(sent) - fits
-    assert em.counters["spooled"] + raised.value.unsent == len(sent)
-    assert _on_disk(spool_path, limit) == encoded[:fits]
+
+
+@pytest.mark.integration
+def test_counters_add_up_whenever_they_are_read(
+    broker: EmbeddedBroker, topic: str, spool_path: Path
+) -> None:
+    """Every accepted event is in exactly one of sent, resent and unsent, at every read: from
+    another thread while emitting, inside the `with` block, and after it."""
+    samples: list[dict[str, int]] = []
+    stop = threading.Event()
+    with SyncEmitter(broker.bootstrap_servers, topic, spool_path=spool_path) as em:
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append(em.counters)
+
+        reader = threading.Thread(target=sample)
+        reader.start()
+        try:
+            for ev in _actions(300, keys=3):
+                em.emit(ev)
+        finally:
+            stop.set()
+            reader.join(30)
+        inside = em.counters
+        assert inside["emitted"] == 300
+        assert inside["sent"] + inside["unsent"] == 300
+        assert em.flush(20)
+        assert em.counters["sent"] == 300 and em.counters["unsent"] == 0
+    assert samples
+    previous = samples[0]
+    for c in samples:
+        assert c["sent"] + c["resent"] + c["unsent"] == c["emitted"], c
+        assert c["sent"] >= previous["sent"] and c["emitted"] >= previous["emitted"], c
+        previous = c
+    assert em.counters["sent"] == 300
+
+
+@pytest.mark.integration
+def test_events_spooled_for_one_destination_never_reach_another(
+    broker: EmbeddedBroker, topic: str, tmp_path: Path, codec: Codec
+) -> None:
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    port = free_port()
+    down = f"127.0.0.1:{port}"
+    theirs = _actions(5, keys=1)
+    with SyncEmitter(down, topic, spool_path=spools, delivery_timeout=1) as em:
+        for ev in theirs:
+            em.emit(ev)
+    assert em.report().unsent == 5
+    their_spool = spool_file(spools, down, topic)
+    assert their_spool.exists()
+
+    # The same spool directory, another destination: its own file, its own events only.
+    mine = [f.principal(f"agent:{i}") for i in range(3)]
+    with SyncEmitter(broker.bootstrap_servers, topic, spool_path=spools) as em:
+        for ev in mine:
+            em.emit(ev)
+        assert em.flush(20)
+    assert em.report().resent == 0
+    got = {r["event_id"] for _, r in _decoded(codec, read_all(broker.bootstrap_servers, topic))}
+    assert got == {e["event_id"] for e in mine}
+    # Named explicitly, the other destination's file is refused, not drained into this one.
+    with pytest.raises(ConfigError, match="holds events for"):
+        SyncEmitter(broker.bootstrap_servers, topic, spool_path=their_spool).start()
+    assert len(_on_disk(their_spool, down, topic)) == 5
+
+    # Their own broker, when it is back, gets them.
+    later = EmbeddedBroker(port=port)
+    try:
+        later.start()
+        later.create_topic(topic, 1)
+        with SyncEmitter(down, topic, spool_path=spools) as em:
+            assert em.flush(30)
+        assert em.report().resent == 5
+        got = {r["event_id"] for _, r in _decoded(codec, read_all(down, topic))}
+        assert got == {e["event_id"] for e in theirs}
+    finally:
+        later.stop()
+
+
+@pytest.mark.integration
+async def test_compression_reaches_the_wire_and_bad_codecs_are_refused(
+    broker: EmbeddedBroker, topic: str, spool_path: Path, codec: Codec
+) -> None:
+    with pytest.raises(ConfigError, match="compression"):
+        Emitter(broker.bootstrap_servers, topic, compression="brotli")
+    sent = _actions(50, keys=2)
+    async with Emitter(broker.bootstrap_servers, topic, spool_path=spool_path,
+                       compression="zstd") as em:  # fmt: skip
+        assert em.settings.compression == "zstd"
+        await em.emit_many(sent)
+        assert await em.flush(20)
+    records = await asyncio.to_thread(read_all, broker.bootstrap_servers, topic)
+    assert sorted(r["event_id"] for _, r in _decoded(codec, records)) == sorted(
+        e["event_id"] for e in sent
+    )
+
+
+def test_the_library_prints_nothing_by_itself(tmp_path: Path) -> None:
+    """Without logging configured by the application, a broker that is down (connection
+    errors, spooling, events left unsent at close) shows nothing on stderr or stdout."""
+    code = f"""
+from ledger.emitter import SyncEmitter
+with SyncEmitter("127.0.0.1:{free_port()}", "t", spool_path={str(tmp_path / "s")!r},
+                 delivery_timeout=1, close_timeout=1) as em:
+    em.action_performed("a-1", principal_id="agent:a", operation="crm:read",
+                        resource="crm/1", outcome="succeeded")
+assert em.report().unsent == 1
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout, proc.stderr) == ("", "")
+
+
+def test_the_spool_works_where_there_is_no_fcntl(tmp_path: Path) -> None:
+    """On Windows the spool takes its lock with msvcrt: importing and using it must not need
+    fcntl (here: no fcntl at all, sys.platform win32, a stand-in msvcrt)."""
+    code = f"""
+import sys, types
+import ledger.errors
+calls = []
+msvcrt = types.ModuleType("msvcrt")
+msvcrt.LK_NBLCK = 2
+msvcrt.locking = lambda fd, mode, n: calls.append(mode)
+sys.modules["msvcrt"], sys.modules["fcntl"] = msvcrt, None
+sys.platform = "win32"
+from ledger.stream.spool import Spool
+spool = Spool({str(tmp_path / "w.spool")!r}, 1 << 20, destination="b:1/t")
+spool.append([(b"k", b"v")])
+assert spool.read(10).messages == [(b"k", b"v")]
+spool.close()
+assert calls == [2], calls
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(spool_module.__file__).parents[2])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
