@@ -39,6 +39,19 @@ CONFIG_FILE = "ledger.toml"
 #: Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic.validate)
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
+#: the smallest `memory_limit` accepted: below it DuckDB fails the consumer's first append
+MIN_MEMORY_LIMIT = 64 * 10**6
+
+
+def _bytes(size: str) -> float:
+    """A size `_SIZE` matched, in bytes as DuckDB reads it (KB = 1000, KiB = 1024)."""
+    match = _SIZE.fullmatch(size)
+    if match is None:
+        raise ValueError(size)
+    unit: str = match.group(2).upper()
+    power = "BKMGT".index(unit[0])
+    scale: int = 1024**power if "I" in unit else 1000**power
+    return float(size[: match.start(2)].strip()) * scale
 
 
 class Settings(BaseSettings):
@@ -94,7 +107,7 @@ class Settings(BaseSettings):
     # caches; DuckDB's own default is 80 % of RAM, and a long-running consumer grew to fill it).
     memory_limit: str = "512MB"
     # Consumer: most events per DuckDB transaction (one `getmany`).
-    batch_size: int = 10_000
+    batch_size: int = Field(default=10_000, ge=1)
     # Consumer: processes decoding messages beside it; None = 1 with two or more cores, else 0.
     decode_workers: int | None = Field(default=None, ge=0)
     # Authority rules: a chain longer than this is itself a finding (CHAIN_TOO_DEEP), and the
@@ -133,6 +146,8 @@ class Settings(BaseSettings):
     def _size(cls, value: str) -> str:
         if not _SIZE.fullmatch(value.strip()):
             raise ValueError("not a size such as 512MB, 2GB or 1.5GiB")
+        if _bytes(value.strip()) < MIN_MEMORY_LIMIT:
+            raise ValueError("below 64MB, the least the consumer's DuckDB works in")
         return value.strip()
 
     @field_validator("schema_registry")

@@ -126,3 +126,27 @@ def test_every_flag_an_error_suggests_exists() -> None:
 def test_log_level_is_a_setting_and_a_root_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEDGER_LOG_LEVEL", "warning")
     assert load().log_level == "WARNING"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"memory_limit": "1KB"}, "below 64MB"),
+        ({"memory_limit": "63MB"}, "below 64MB"),
+        ({"memory_limit": "banana"}, "not a size"),
+    ],
+)
+def test_numbers_no_run_could_use_are_refused_up_front(
+    overrides: dict[str, object], why: str
+) -> None:
+    """Refused as settings (one line naming the flag), not later as an unexpected DuckDB or
+    aiokafka failure after the ledger file was created."""
+    with pytest.raises(ConfigError, match=why):
+        load(**overrides)
+
+
+def test_sizes_are_read_as_duckdb_reads_them() -> None:
+    assert load(memory_limit="64MB").memory_limit == "64MB"
+    assert load(memory_limit="1.5GiB").memory_limit == "1.5GiB"

@@ -63,7 +63,8 @@ def cli() -> None:
       ledger --config prod.toml consume --until-idle 5
 
     Exit codes: 0 ok, 1 error or failed check, 3 some input quarantined, 4 Kafka failure
-    that no retry cures (consume), 130 interrupted.
+    that no retry cures (consume), 5 the topic is not the one the ledger read (consume),
+    6 events wait in the spool, 7 events lost (emit), 130 interrupted.
     """
 
 

@@ -1,7 +1,8 @@
 """What every `ledger` command shares: exit codes, the error boundary, options, rendering.
 
 Exit codes: 0 success; 1 error (usage, I/O, not found) or a failed integrity check;
-3 some input was quarantined (ingest, emit); 130 interrupted.
+3 some input was quarantined (ingest, emit); 130 interrupted. The stream layer's errors carry
+their own (4, 5 consume; 6, 7 emit: README "Exit codes"), which the boundary passes on.
 """
 
 from __future__ import annotations

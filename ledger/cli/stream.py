@@ -236,9 +236,9 @@ def emit(
     "--origin",
     default=None,
     metavar="NAME",
-    help="The log's origin: fixed when the ledger is created (a new ledger takes "
-    "LEDGER_ORIGIN, else agent-ledger/<db stem>); given later, it must be that one. "
-    "Env: LEDGER_ORIGIN.",
+    help="The log's origin: fixed when the ledger is created (a new ledger takes this, "
+    "else agent-ledger/<db stem>); given for an existing ledger, it must be that one, or "
+    "consume refuses to start. Env: LEDGER_ORIGIN.",
 )
 @click.option(
     "--checkpoint-every",

@@ -181,8 +181,13 @@ class Store:
         extensions: Sequence[StoreExtension] | None = None,
         *,
         create: bool = True,
+        origin: str | None = None,
     ) -> Store:
         """Open the ledger at `path`; with `create` (writable only), create it if no file is there.
+
+        A ledger created here takes `origin` (default: LEDGER_ORIGIN, else
+        `agent-ledger/<file stem>`); an existing one keeps its own, and an `origin` that
+        differs from it is refused (`StoreError`): it names another log.
 
         A ledger is only ever created where no file exists: a writable open of an existing
         file first checks, read-only, that it is a ledger, so a DuckDB file of something else
@@ -213,14 +218,20 @@ class Store:
                 store._check_format()  # before any write: a foreign file stays untouched
             if not read_only:
                 con.execute("SET checkpoint_threshold = '256MB'")
-                store._create()
+                store._create(origin)
+            recorded = store.origin() if origin is not None else None
+            if recorded is not None and recorded != origin:
+                raise StoreError(
+                    f"this ledger's origin is {recorded!r} (fixed when it was created), not "
+                    f"{origin!r}: drop --origin / LEDGER_ORIGIN, or open another ledger"
+                )
         except BaseException:
             con.close()
             raise
         return store
 
-    def _create(self) -> None:
-        origin = load().origin or default_origin(self.path)
+    def _create(self, origin: str | None = None) -> None:
+        origin = origin or load().origin or default_origin(self.path)
         if any(ord(c) < 0x20 for c in origin):
             raise StoreError(f"LEDGER_ORIGIN {origin!r} must be one line of text")
         try:
@@ -279,7 +290,16 @@ class Store:
             raise StoreError(f"{self.path}: unsupported ledger format {row and row[0]!r}")
 
     def close(self) -> None:
-        self.con.close()
+        """Close the file; a writable one is checkpointed first, so that everything appended
+        is in the main file, not only in its `.wal` (a copy of the file alone is then whole,
+        also after a run that followed a crash and appended nothing). A checkpoint that fails
+        leaves the WAL, which DuckDB replays on the next open: nothing is lost."""
+        try:
+            if not self.read_only:
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute("CHECKPOINT")
+        finally:
+            self.con.close()
 
     def __enter__(self) -> Store:
         return self

@@ -122,6 +122,10 @@ class LedgerConsumer:
         self.reset_offsets = reset_offsets
         #: partitions whose first record must be the one the ledger read last: (offset, digest)
         self._check: dict[tuple[str, int], tuple[int, bytes]] = {}
+        #: partitions whose listed end offset fell below the ledger's, since when
+        self._short_since: dict[tuple[str, int], float] = {}
+        #: the end offsets the broker watchdog last heard
+        self._listed_ends: dict[Any, int] = {}
         self.settings = settings
         # the writer schemas the ledger keeps by Confluent schema id, and, with a registry or a
         # schema directory configured, the resolver of new ids (`ledger.stream.registry`)
@@ -390,6 +394,7 @@ class LedgerConsumer:
         group join still in progress, do not count as idle.
         """
         if self.until_idle is None and now - self._last_probe < PROBE_S:
+            self._check_ends(consumer, self._listed_ends, now)  # as the watchdog last heard
             return True
         self._last_probe = now
         from aiokafka.errors import KafkaError
@@ -413,10 +418,7 @@ class LedgerConsumer:
             end = ends.get(tp, 0) if high is None else high
             mark = self._check.get(key)
             want = mark[0] + 1 if mark is not None else self._expected.get(key, 0)
-            if high is not None and high < want and self.reset_offsets != "stored":
-                self._topic_changed(
-                    key, f"the partition ends at offset {high}, before the ledger's {want}"
-                )
+            self._check_end(key, high, ends.get(tp), want)
             if self.settings.isolation_level == "read_committed":
                 stable = consumer.last_stable_offset(tp)  # open transactions end here
                 end = end if stable is None or stable < 0 else min(end, stable)
@@ -445,12 +447,14 @@ class LedgerConsumer:
             assignment = list(consumer.assignment())
             try:
                 call = consumer.end_offsets(assignment) if assignment else consumer.topics()
-                await asyncio.wait_for(call, PROBE_TIMEOUT_S)
+                call_result = await asyncio.wait_for(call, PROBE_TIMEOUT_S)
             except (TimeoutError, OSError, KafkaError) as exc:
                 self._unanswered(exc, always=False)
             except Exception as exc:  # the client closing under it, say: not a verdict
                 log.debug("broker probe failed: %r", exc)
             else:
+                if assignment:
+                    self._listed_ends = dict(call_result)
                 self._answered(time.monotonic())
 
     def _unanswered(self, exc: BaseException, always: bool) -> None:
@@ -511,9 +515,24 @@ class LedgerConsumer:
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
         self.stats.quarantined += result.quarantined
+        if result.quarantined:
+            self._said_quarantine(result.quarantined, prepared.bad)
         if self.checkpointer is not None:
             self.checkpointer.maybe_checkpoint(self.store, False)
         await self._commit_advisory(prepared.offsets)
+
+    @staticmethod
+    def _said_quarantine(count: int, bad: Sequence[Any]) -> None:
+        """Quarantine is never silent: each batch that quarantined something says how much and
+        the first reason (the run still exits 0: the input is kept, nothing is lost)."""
+        first = f" (first: {bad[0].reason}, at {bad[0].source})" if bad else ""
+        log.warning(
+            "%d value%s quarantined%s; `ledger quarantine` lists them, `--export DIR` writes "
+            "them out for replay once the cause is fixed",
+            count,
+            "" if count == 1 else "s",
+            first,
+        )
 
     async def _commit_advisory(self, offsets: Mapping[tuple[str, int], int]) -> None:
         consumer = self._consumer
@@ -560,6 +579,42 @@ class LedgerConsumer:
             {p: o for p, o in sorted(stored.items())} or "(none: from the beginning)",
             how.get(self.reset_offsets or "", ""),
         )
+
+    def _check_ends(self, consumer: Any, listed: Mapping[Any, int], now: float) -> None:
+        """`_check_end` for every assigned partition, with the end offsets `listed`."""
+        for tp in consumer.assignment():
+            key = (tp.topic, tp.partition)
+            mark = self._check.get(key)
+            want = mark[0] + 1 if mark is not None else self._expected.get(key, 0)
+            self._check_end(key, consumer.highwater(tp), listed.get(tp), want, now)
+
+    def _check_end(
+        self,
+        key: tuple[str, int],
+        high: int | None,
+        listed: int | None,
+        want: int,
+        now: float | None = None,
+    ) -> None:
+        """A partition that ends before the offset the ledger reads next was recreated or lost
+        its data (`TopicChangedError`), also when that happens while this consumer holds it.
+        The fetched high watermark decides at once; without one (nothing fetched since the
+        topic came back), the broker's listed end offset decides once it has said so for
+        `2 * PROBE_S` (some brokers' ListOffsets lag behind a fetch)."""
+        if self.reset_offsets == "stored":
+            return
+        if high is not None and high < want:
+            self._topic_changed(
+                key, f"the partition ends at offset {high}, before the ledger's {want}"
+            )
+        if high is None and listed is not None and listed < want:
+            first = self._short_since.setdefault(key, time.monotonic() if now is None else now)
+            if (time.monotonic() if now is None else now) - first >= 2 * PROBE_S:
+                self._topic_changed(
+                    key, f"the partition ends at offset {listed}, before the ledger's {want}"
+                )
+        else:
+            self._short_since.pop(key, None)
 
     def _check_marks(self, batch: Mapping[Any, Sequence[Any]]) -> Mapping[Any, Sequence[Any]]:
         """The first record fetched from a partition being checked must be the last one the
@@ -728,7 +783,7 @@ def consume(
             signals = stack.enter_context(StopSignals())
         tune_process()
         if store is None:
-            store = stack.enter_context(Store.open(settings.db))
+            store = stack.enter_context(Store.open(settings.db, origin=settings.origin))
         store.con.execute(f"SET memory_limit = '{settings.memory_limit}'")
         consumer = LedgerConsumer(
             store,

@@ -49,7 +49,7 @@ from ledger.contract.codec import Codec
 from ledger.contract.framing import confluent_ids
 from ledger.errors import CodecError, ConfigError, LedgerError
 from ledger.store import Store
-from ledger.store.schemas import StoredSchema, ledger_codec
+from ledger.store.schemas import StoredSchema, ledger_codec, stored_schemas
 from ledger.stream.kafka_errors import EXIT_KAFKA
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "SchemaResolver",
     "SchemaSource",
     "SchemaSourceUnavailable",
+    "check_stored_ids",
     "default_cache_path",
     "schema_resolution",
     "schema_source",
@@ -533,5 +534,39 @@ def schema_resolution(
     registers new ids on it (a codec of its own, never a caller's or the shared one). Raises
     `ConfigError` (`schema_source`)."""
     source = schema_source(settings)
+    if source is not None:
+        check_stored_ids(store, source)
     out = ledger_codec(store.con, codec, fresh=source is not None)
     return out, (SchemaResolver(out, source) if source is not None else None)
+
+
+def check_stored_ids(store: Store, source: SchemaSource) -> None:
+    """Every schema id the ledger already stored must mean the same schema at `source`: the
+    ledger reads an id with the schema it stored, so a source whose ids mean other schemas
+    (another registry, an export whose ids restart at 1) would have new values read with the
+    wrong schema. Raises `ConfigError` naming the id and both sources. An id the source does
+    not have is fine (the stored schema reads it); one it cannot answer for now is logged and
+    left to the stored schema."""
+    for schema_id, row in sorted(stored_schemas(store.con).items()):
+        try:
+            there = source.fetch(schema_id)
+        except SchemaIdUnknown:
+            continue
+        except SchemaSourceUnavailable as exc:
+            log.warning("cannot compare stored schema id %d with %s now: %s", schema_id,
+                        source.name, exc)  # fmt: skip
+            continue
+        if _parsed(there.schema) != _parsed(row.schema):
+            raise ConfigError(
+                f"schema id {schema_id} means another schema at {source.name} than the one this "
+                f"ledger stored for it (from {row.source}): values naming it would be read with "
+                "the wrong schema; point the consumer at the schema source the ledger was "
+                "written with"
+            )
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

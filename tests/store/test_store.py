@@ -361,3 +361,50 @@ def test_default_db_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert store_module.default_db_path() == "ledger.duckdb"
     monkeypatch.setenv("LEDGER_DB", "/tmp/x.duckdb")
     assert store_module.default_db_path() == "/tmp/x.duckdb"
+
+
+def test_closing_folds_a_crashed_runs_wal_into_the_file(tmp_path: Path) -> None:
+    """A process killed after appending leaves entries only in FILE.wal; the next writable
+    open and close (even with nothing appended) puts them in the file itself, so a copy of
+    the file alone holds every entry."""
+    import shutil
+    import subprocess
+    import sys
+
+    db = tmp_path / "l.duckdb"
+    script = (
+        "import os, sys\n"
+        "from ledger.contract.codec import default_codec\n"
+        "from ledger.store import Store\n"
+        "from tests.store.test_store import sample\n"
+        "store = Store.open(sys.argv[1])\n"
+        "store.append(sample(default_codec(), 40))\n"
+        "os._exit(0)  # as a kill -9 would: no close, no checkpoint\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db)], check=True, cwd=Path.cwd())
+    with Store.open(db) as store:
+        assert store.size() == 40
+    wal = db.with_name(db.name + ".wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(db, copy)
+    with Store.open(copy, read_only=True) as store:
+        assert store.size() == 40
+
+
+def test_an_origin_given_at_open_is_the_new_ledgers_and_must_match_an_existing_one(
+    tmp_path: Path,
+) -> None:
+    """`ledger consume --origin X` creates a ledger of origin X, and on an existing ledger of
+    another origin it is refused (it names another log), with or without a signing key."""
+    db = tmp_path / "l.duckdb"
+    with Store.open(db, origin="example.com/prod") as store:
+        assert store.origin() == "example.com/prod"
+    with Store.open(db, origin="example.com/prod") as store:
+        assert store.origin() == "example.com/prod"
+    with Store.open(db) as store:  # no origin asked: the ledger's own
+        assert store.origin() == "example.com/prod"
+    with pytest.raises(
+        StoreError, match=r"origin is 'example\.com/prod'.*not 'example\.com/stage'"
+    ):
+        Store.open(db, origin="example.com/stage")

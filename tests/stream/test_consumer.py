@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -45,7 +46,12 @@ def _quarantine(db: Path) -> list[tuple[Any, ...]]:
 @pytest.mark.integration
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "decode-worker"])
 def test_bad_messages_are_quarantined_with_reason_and_coordinates(
-    broker: EmbeddedBroker, topic: str, codec: Codec, db_path: Path, workers: int
+    broker: EmbeddedBroker,
+    topic: str,
+    codec: Codec,
+    db_path: Path,
+    workers: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     good1, good2 = f.principal("agent:a"), f.action("act-1", "agent:a")
     valid = wire(good1)
@@ -74,9 +80,13 @@ def test_bad_messages_are_quarantined_with_reason_and_coordinates(
         partition=0,
     )
 
-    stats = consume_into(db_path, broker.bootstrap_servers, topic, decode_workers=workers)
+    with caplog.at_level(logging.WARNING, logger="ledger.consume"):
+        stats = consume_into(db_path, broker.bootstrap_servers, topic, decode_workers=workers)
 
     assert (stats.appended, stats.quarantined) == (2, len(bad))
+    said = [r.getMessage() for r in caplog.records if "quarantined (first: " in r.getMessage()]
+    assert sum(int(m.split()[0]) for m in said) == len(bad)  # never silent, even at exit 0
+    assert f"kafka:{topic}/0/1" in said[0]
     entries = _entries(db_path)
     assert [e[1] for e in entries] == [good1["event_id"], good2["event_id"]]
     assert entries[1][3] == f"kafka:{topic}/0/{len(bad) + 1}"

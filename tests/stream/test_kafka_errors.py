@@ -333,3 +333,35 @@ def test_a_broker_that_disappears_is_reported_within_5_s(
                 [int((ended_wall - 1.0) * 1e6)],
             ).fetchone()
         assert row is not None and row[0] > 0
+
+
+def test_a_partition_that_comes_back_shorter_while_held_stops_the_run(db_path: Path) -> None:
+    """The topic is recreated while this consumer holds it: nothing fetched since (no high
+    watermark), the broker lists an end before the ledger's next offset. That is exit 5 once
+    the broker has said so for 2 * PROBE_S, never an idle 'lag 0' forever; a listed end that
+    catches up in time (a lagging ListOffsets) is no verdict."""
+    from aiokafka.structs import TopicPartition
+
+    from ledger.stream.consumer import PROBE_S
+    from ledger.stream.kafka_errors import TopicChangedError
+
+    tp = TopicPartition("t", 0)
+
+    class Held:
+        def assignment(self) -> set[Any]:
+            return {tp}
+
+        def highwater(self, _: Any) -> int | None:
+            return None
+
+    settings = load(bootstrap_servers="127.0.0.1:9", topic="t", group="g")
+    with Store.open(db_path) as store:
+        consumer = LedgerConsumer(store, settings, decode_workers=0)
+        consumer._expected[("t", 0)] = 8000
+        consumer._check_ends(Held(), {tp: 1500}, now=100.0)  # first said: not yet a verdict
+        consumer._check_ends(Held(), {tp: 8000}, now=100.0 + PROBE_S)  # caught up: cleared
+        consumer._check_ends(Held(), {tp: 1500}, now=100.0 + 2 * PROBE_S)
+        with pytest.raises(
+            TopicChangedError, match="ends at offset 1500, before the ledger's 8000"
+        ):
+            consumer._check_ends(Held(), {tp: 1500}, now=100.0 + 4 * PROBE_S)

@@ -518,3 +518,28 @@ def test_confluent_serializer_values_enter_the_ledger_offline_and_verify(
     verdict = CliRunner().invoke(cli, ["verify", "--db", str(db), "--json"])
     assert verdict.exit_code == 0, verdict.output
     assert json.loads(verdict.output)["size"] == len(evs) and known > 0
+
+
+def test_a_source_whose_stored_ids_mean_other_schemas_is_refused(tmp_path: Path) -> None:
+    """The ledger read id 7 with schema A; a --schema-dir (or registry) where 7 is another
+    schema (a migration, an export whose ids restart) must stop the consumer before any value
+    naming 7 is read with the wrong schema. Same schema, or an id the source lacks: fine."""
+    from ledger.contract.codec import current_schema
+    from ledger.errors import ConfigError
+    from ledger.stream.registry import check_stored_ids
+    from tests.store.test_schemas import confluent_ledger
+
+    db = tmp_path / "l.duckdb"
+    confluent_ledger(db)  # id 7 stored with the current schema
+    same, other, lacking = (tmp_path / n for n in ("same", "other", "lacking"))
+    for d in (same, other, lacking):
+        d.mkdir()
+    (same / "7.avsc").write_text(json.dumps(current_schema(), indent=1))
+    reordered = dict(current_schema())
+    reordered["fields"] = list(reversed(reordered["fields"]))
+    (other / "7.avsc").write_text(json.dumps(reordered))
+    with Store.open(db, read_only=True) as store:
+        check_stored_ids(store, SchemaDir(same))
+        check_stored_ids(store, SchemaDir(lacking))
+        with pytest.raises(ConfigError, match=r"schema id 7 means another schema at --schema-dir"):
+            check_stored_ids(store, SchemaDir(other))
