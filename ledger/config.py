@@ -27,6 +27,7 @@ __all__ = [
     "configured",
     "load",
     "root_authority_ids",
+    "secret",
 ]
 
 DEFAULT_DB = "ledger.duckdb"
@@ -41,6 +42,20 @@ _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
 #: the smallest `memory_limit` accepted: below it DuckDB fails the consumer's first append
 MIN_MEMORY_LIMIT = 64 * 10**6
+
+
+def secret(value: SecretStr | None, path: str | None, flag: str) -> str | None:
+    """A password given itself (`value`, from the environment) or in a file (`path`, named by
+    `flag` in errors), the file's content stripped; None for neither. Raises `ConfigError`
+    when the file cannot be read."""
+    if value is not None:
+        return value.get_secret_value()
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{flag}: {exc}") from exc
+    return None
 
 
 def _bytes(size: str) -> float:

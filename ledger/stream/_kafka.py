@@ -6,10 +6,9 @@ The only place where `Settings` meets Kafka client code; `config` itself holds p
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 from typing import Any
 
-from ledger.config import Settings
+from ledger.config import Settings, secret
 from ledger.errors import ConfigError
 
 __all__ = ["security_kwargs"]
@@ -36,16 +35,7 @@ def security_kwargs(settings: Settings) -> dict[str, Any]:
     if settings.security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
         kwargs["sasl_plain_username"] = settings.sasl_username
-        kwargs["sasl_plain_password"] = _password(settings)
+        kwargs["sasl_plain_password"] = secret(
+            settings.sasl_password, settings.sasl_password_file, "--sasl-password-file"
+        )
     return kwargs
-
-
-def _password(settings: Settings) -> str | None:
-    if settings.sasl_password is not None:
-        return settings.sasl_password.get_secret_value()
-    if settings.sasl_password_file:
-        try:
-            return Path(settings.sasl_password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--sasl-password-file: {exc}") from exc
-    return None

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger.config import Settings
+from ledger.config import Settings, secret
 from ledger.contract.codec import Codec
 from ledger.contract.framing import confluent_ids
 from ledger.errors import CodecError, ConfigError, LedgerError
@@ -217,7 +217,11 @@ class RegistryClient:
         return cls(
             settings.schema_registry,
             settings.schema_registry_username,
-            _password(settings),
+            secret(
+                settings.schema_registry_password,
+                settings.schema_registry_password_file,
+                "--schema-registry-password-file",
+            ),
             settings.schema_registry_cafile,
         )
 
@@ -286,17 +290,6 @@ def _detail(exc: urllib.error.HTTPError) -> str:
             code = doc.get("error_code")
             return f": {code} {doc['message']}" if code else f": {doc['message']}"
     return ""
-
-
-def _password(settings: Settings) -> str | None:
-    if settings.schema_registry_password is not None:
-        return settings.schema_registry_password.get_secret_value()
-    if settings.schema_registry_password_file:
-        try:
-            return Path(settings.schema_registry_password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--schema-registry-password-file: {exc}") from exc
-    return None
 
 
 def default_cache_path(url: str) -> Path:
